@@ -1,0 +1,86 @@
+"""Where and with what a run ran: the provenance saved with every run.
+
+Compare refuses (loudly) to compare runs whose fingerprints differ: a
+regression across a driver or library upgrade is not a code regression.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from llmbench import __version__
+from llmbench.hardware import Accelerator
+
+LIBRARIES = ("torch", "deepspeed", "transformers", "tokenizers", "nvidia-ml-py", "pandas", "numpy")
+FINGERPRINT_KEYS = ("accelerator", "accelerator_count", "driver", "cpu_model", "torch", "deepspeed", "transformers")
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The llmbench checkout's commit, when llmbench runs from a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def collect(accel: Accelerator) -> dict[str, Any]:
+    libs = library_versions()
+    env: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "accelerator": accel.names[0] if accel.kind == "cuda" and accel.names else "cpu",
+        "accelerator_count": accel.count,
+        "accelerator_detail": accel.to_dict(),
+        "driver": accel.driver,
+        "cuda_driver_version": accel.cuda_driver_version,
+        "llmbench": __version__,
+        "llmbench_commit": git_commit(),
+        **libs,
+    }
+    env["fingerprint"] = fingerprint(env)
+    return env
+
+
+def fingerprint(env: dict[str, Any]) -> str:
+    """Short hash of what makes timings comparable (hardware, driver, core libraries)."""
+    blob = json.dumps({k: env.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

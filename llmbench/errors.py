@@ -1,0 +1,33 @@
+"""User-facing errors.
+
+A user mistake (bad YAML, unknown key, missing file) must end in one readable
+line and exit code 2, never a traceback. Everything that is the user's fault is
+raised as :class:`UserError`; the CLI prints ``str(error)`` and exits.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake in the user's input, reported as ``where: key: message``."""
+
+    def __init__(self, message: str, *, where: str | None = None, key: str | None = None):
+        self.message = message
+        self.where = where
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.where, self.key) if p]
+        return ": ".join([*parts, self.message])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return `` (did you mean X?)`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -1,0 +1,76 @@
+"""What every launcher hands the runner, and the helpers they share."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now; each case gets its own so a lingering one never collides."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies.
+
+    If llmbench itself is killed, the chain main → leader → ranks unwinds on its
+    own instead of leaving ranks that hold memory or a GPU.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to ask for
+        pass
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class CaseProcess:
+    """A running case: its leader's pid, which is also the process group of every rank."""
+
+    pid: int
+    poll_fn: Callable[[], int | None]
+
+    def poll(self) -> int | None:
+        """The leader's exit code once it has exited, else None."""
+        return self.poll_fn()
+
+    def kill(self, reap_s: float = 10.0) -> None:
+        """SIGKILL the whole group and wait for the leader to be reaped."""
+        kill_group(self.pid)
+        deadline = time.monotonic() + reap_s
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def cleanup(self) -> None:
+        """Kill anything still in the group after the leader exited (a stray grandchild)."""
+        kill_group(self.pid)
+
+
+class Launcher(ABC):
+    """Starts the ranks of one case in a fresh process group."""
+
+    @abstractmethod
+    def start(self, case_dir: Path, world_size: int, env: dict[str, str]) -> CaseProcess:
+        """Start every rank of the case whose task.json is in ``case_dir``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release anything the launcher keeps between cases."""

@@ -1,0 +1,1 @@
+"""Renderers. Every one works from the single results frame (report/frame.py)."""

@@ -1,0 +1,52 @@
+"""Formatting of figures for people (tables, Markdown): units chosen per value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def bytes_(value: Any) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def seconds(value: Any) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    if abs(value) >= 1:
+        return f"{value:.2f} s"
+    if abs(value) >= 1e-3:
+        return f"{value * 1e3:.1f} ms"
+    return f"{value * 1e6:.0f} µs"
+
+
+def rate(value: Any) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.2f} M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:.1f} k"
+    return f"{value:,.0f}"
+
+
+def number(value: Any, digits: int = 3) -> str:
+    if _missing(value):
+        return "–"
+    return f"{float(value):.{digits}g}"
+
+
+def percent(value: Any) -> str:
+    return "–" if _missing(value) else f"{float(value) * 100:.1f} %"

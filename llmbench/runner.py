@@ -1,0 +1,278 @@
+"""The sweep: for every case, launch its ranks, watch them, store the result.
+
+The runner owns the order of events around one case — machine checks, task
+file, free port, samplers, launch, timeout, classification, durable append —
+and nothing about how ranks start (launch/) or what a figure means (metrics.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from llmbench.dsconfig import deepspeed_config
+from llmbench.hardware import Accelerator
+from llmbench.launch.base import CaseProcess, Launcher, free_port
+from llmbench.launch.outcome import classify
+from llmbench.metrics import StepShape, slowest_rank_per_step, step_stats, throughput
+from llmbench.result import CaseResult, now_iso
+from llmbench.scenario import Case, RunSpec
+from llmbench.store import RunDir
+from llmbench.worker import RankTask
+
+POLL_S = 0.1
+
+
+class SweepObserver(Protocol):
+    """Progress callbacks (the CLI draws a live display from them)."""
+
+    def case_started(self, index: int, total: int, case: Case, repeat: int) -> None: ...
+
+    def case_phase(self, phase: str) -> None: ...
+
+    def case_finished(self, result: CaseResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class PendingCase:
+    case: Case
+    repeat: int
+
+
+def pending_cases(cases: Iterable[Case], repeats: int, done: set[tuple[str, int]]) -> list[PendingCase]:
+    """Cases still to run, repeats interleaved last so a partial sweep covers every case."""
+    return [PendingCase(c, r) for r in range(repeats) for c in cases if (c.id, r) not in done]
+
+
+def skip_reason(case: Case, accel: Accelerator, launcher: str) -> str | None:
+    """Why this machine cannot run the case at all (recorded as ``skipped``)."""
+    par = case.spec.parallel
+    if launcher == "local" and par.nodes > 1:
+        return f"{par.nodes} nodes requested; the local launcher runs one node (use run.launcher: deepspeed or slurm)"
+    per_node = par.world_size // par.nodes
+    if accel.kind == "cuda" and per_node > accel.count:
+        return f"needs {per_node} GPUs per node, this machine has {accel.count}"
+    if accel.kind == "cpu" and per_node > accel.count:
+        return f"needs {per_node} ranks per node, this machine has {accel.count} CPU cores"
+    return None
+
+
+class Runner:
+    def __init__(self, run_dir: RunDir, run: RunSpec, accel: Accelerator, launcher: Launcher, scenario_name: str, observer: SweepObserver | None = None):
+        self.run_dir = run_dir
+        self.run = run
+        self.accel = accel
+        self.launcher = launcher
+        self.scenario_name = scenario_name
+        self.observer = observer
+
+    def run_all(self, pending: list[PendingCase]) -> list[CaseResult]:
+        results = []
+        for index, item in enumerate(pending):
+            if self.observer:
+                self.observer.case_started(index, len(pending), item.case, item.repeat)
+            result = self.run_case(item.case, item.repeat)
+            self.run_dir.append(result)
+            results.append(result)
+            if self.observer:
+                self.observer.case_finished(result)
+        return results
+
+    def _result(self, case: Case, repeat: int, status: str, reason: str | None) -> CaseResult:
+        return CaseResult(
+            case_id=case.id,
+            label=case.label,
+            params=case.params,
+            status=status,
+            reason=reason,
+            repeat=repeat,
+            run_id=self.run_dir.run_id,
+            scenario=self.scenario_name,
+        )
+
+    def run_case(self, case: Case, repeat: int = 0) -> CaseResult:
+        started = now_iso()
+        reason = skip_reason(case, self.accel, self.run.launcher)
+        if reason:
+            result = self._result(case, repeat, "skipped", reason)
+            result.started_at = result.ended_at = started
+            return result
+        case_dir = self.run_dir.case_dir(case.id, repeat)
+        if case_dir.exists():  # left by an interrupted run that is being resumed
+            shutil.rmtree(case_dir)
+        case_dir.mkdir(parents=True)
+        micro_batch = case.spec.training.micro_batch
+        return self._measure(case, repeat, case_dir, micro_batch, started)
+
+    def _measure(self, case: Case, repeat: int, case_dir: Path, micro_batch: int, started: str) -> CaseResult:
+        spec = case.spec
+        world_size = spec.parallel.world_size
+        threads = self.run.threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
+        task = RankTask(
+            spec=spec.model_dump(mode="json"),
+            ds_config=deepspeed_config(spec, micro_batch),
+            micro_batch=micro_batch,
+            device=self.accel.kind,
+            out_dir=str(case_dir),
+            threads=threads,
+            timeout_s=self.run.timeout_s,
+        )
+        task.save(case_dir / "task.json")
+        env = rank_environment(self.accel, threads)
+        t0 = time.monotonic()
+        proc = self.launcher.start(case_dir, world_size, env)
+        try:
+            timed_out, phase = self._wait(proc, case_dir, t0)
+        except BaseException:  # Ctrl-C or SIGTERM: take the whole case down with us
+            proc.kill()
+            raise
+        finally:
+            proc.cleanup()
+        wall_s = time.monotonic() - t0
+        records = [_read_record(case_dir / f"rank{r}.json") for r in range(world_size)]
+        status, reason = classify(case_dir, records, timed_out, self.run.timeout_s, phase)
+        result = self._result(case, repeat, status, reason)
+        result.started_at, result.ended_at = started, now_iso()
+        shape = StepShape(micro_batch, spec.training.grad_accum, spec.training.seq_len, spec.parallel.dp, world_size)
+        fill_metrics(result, records, shape, wall_s, self.accel.kind)
+        return result
+
+    def _wait(self, proc: CaseProcess, case_dir: Path, t0: float) -> tuple[bool, str | None]:
+        """Poll until the case ends or times out; report phase changes on the way."""
+        deadline = t0 + self.run.timeout_s
+        phase = None
+        next_phase_check = 0.0
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now >= deadline:
+                proc.kill()
+                return True, current_phase(case_dir)
+            if now >= next_phase_check:
+                next_phase_check = now + 0.5
+                new = current_phase(case_dir)
+                if new != phase and new is not None:
+                    phase = new
+                    if self.observer:
+                        self.observer.case_phase(phase)
+            time.sleep(POLL_S)
+        return False, current_phase(case_dir)
+
+
+def rank_environment(accel: Accelerator, threads: int) -> dict[str, str]:
+    """Variables every rank of a case gets, on top of the parent's environment."""
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "DS_ACCELERATOR": accel.kind,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def current_phase(case_dir: Path) -> str | None:
+    """The latest phase rank 0 published."""
+    try:
+        with (case_dir / "phases.rank0.jsonl").open("rb") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for raw in reversed(lines):
+        try:
+            return json.loads(raw)["phase"]
+        except (ValueError, KeyError):
+            continue
+    return None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fill_metrics(result: CaseResult, records: list[dict[str, Any] | None], shape: StepShape, wall_s: float, device: str) -> None:
+    """Reduce rank records to the case's metrics (step time = slowest rank per step)."""
+    present = [r for r in records if r is not None]
+    result.ranks = [_rank_summary(r) for r in present]
+    ok = result.status == "ok"
+    steps = slowest_rank_per_step([r["step_times_s"] for r in present]) if ok else []
+    result.step_times_s = steps
+    result.losses = _dp_mean_losses(present) if ok else []
+    result.metrics.update(step_stats(steps))
+    why = None if ok else f"case {result.status}"
+    for name, value in throughput(shape, result.metrics["step_time_s_median"]).items():
+        result.set_metric(name, value, why)
+    warmup = slowest_rank_per_step([r["warmup_times_s"] for r in present])
+    measure_s = sum(steps) if steps else None
+    warmup_s = sum(warmup) if ok else None
+    result.set_metric("wall_s", wall_s)
+    result.set_metric("init_s", max((r["init_s"] for r in present if r.get("init_s") is not None), default=None), "no rank finished init")
+    result.set_metric("warmup_s", warmup_s, why)
+    result.set_metric("measure_s", measure_s, why)
+    result.set_metric("overhead_s", wall_s - warmup_s - measure_s if ok else None, why)
+    data = [sum(r["data_times_s"]) / sum(r["step_times_s"]) for r in present if r.get("data_times_s") and sum(r["step_times_s"])]
+    result.set_metric("data_time_share", max(data) if ok and data else None, why)
+    result.set_metric("loss_first", result.losses[0] if result.losses else None, why)
+    result.set_metric("loss_last", result.losses[-1] if result.losses else None, why)
+    _memory_metrics(result, present, device)
+    params = next((r["parameters"] for r in present if r.get("parameters")), None)
+    for key in ("total", "embedding", "non_embedding", "flops_params"):
+        result.set_metric(f"params_{key}", params[key] if params else None, "no rank built the model")
+
+
+def _memory_metrics(result: CaseResult, records: list[dict[str, Any]], device: str) -> None:
+    """Per-rank peaks reduced by max (never summed: each rank owns its own device)."""
+
+    def peak(key: str) -> int | None:
+        values = [r["memory"].get(key) for r in records if r.get("memory") and r["memory"].get(key) is not None]
+        return max(values) if values else None
+
+    host = peak("rss_peak_bytes")
+    result.set_metric("host_rss_peak_bytes", host, "no rank reported memory")
+    if device == "cuda":
+        result.set_metric("allocator_peak_bytes", peak("max_allocated_bytes"), "no rank reported memory")
+        result.set_metric("allocator_reserved_peak_bytes", peak("max_reserved_bytes"), "no rank reported memory")
+        result.set_metric("alloc_retries", peak("num_alloc_retries"), "no rank reported memory")
+        result.set_metric("peak_memory_bytes", result.metrics["allocator_peak_bytes"], "no rank reported memory")
+    else:
+        for key in ("allocator_peak_bytes", "allocator_reserved_peak_bytes", "alloc_retries"):
+            result.set_metric(key, None, "no CUDA allocator on a CPU run")
+        result.set_metric("peak_memory_bytes", host, "no rank reported memory")
+
+
+def _dp_mean_losses(records: list[dict[str, Any]]) -> list[float]:
+    """Loss of the global batch: the mean over data-parallel replicas.
+
+    Tensor-parallel peers see the same batch and pipeline stages share one loss,
+    so each replica is represented by its tp-rank-0 rank of the last stage.
+    """
+    topo = [r.get("topology") or {"tp_rank": 0, "pp_stage": 0} for r in records]
+    last = max(t["pp_stage"] for t in topo)
+    trajectories = [r["losses"] for r, t in zip(records, topo) if t["tp_rank"] == 0 and t["pp_stage"] == last and r.get("losses")]
+    if not trajectories:
+        return []
+    n = min(len(t) for t in trajectories)
+    return [sum(t[i] for t in trajectories) / len(trajectories) for i in range(n)]
+
+
+def _rank_summary(r: dict[str, Any]) -> dict[str, Any]:
+    steps = r.get("step_times_s") or []
+    return {
+        "rank": r["rank"],
+        "pid": r.get("pid"),
+        "status": r.get("status"),
+        "device_name": r.get("device_name"),
+        "torch_threads": r.get("torch_threads"),
+        "init_s": r.get("init_s"),
+        "step_time_s_median": step_stats(steps)["step_time_s_median"],
+        "memory": r.get("memory") or {},
+        "error": r.get("error"),
+    }

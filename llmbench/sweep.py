@@ -1,0 +1,96 @@
+"""``llmbench run``: set up a run directory, launch the sweep, render the comparison."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from llmbench.environment import collect
+from llmbench.hardware import Accelerator, detect
+from llmbench.launch.base import Launcher
+from llmbench.progress import LiveProgress
+from llmbench.report.console import comparison_table
+from llmbench.report.frame import results_frame
+from llmbench.runner import Runner, pending_cases
+from llmbench.scenario import Case, Scenario
+from llmbench.store import RunDir
+
+EXIT_OK, EXIT_CASE_ERRORED, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def dry_run_table(scenario: Scenario, cases: list[Case]) -> Table:
+    swept = scenario.swept
+    table = Table(title=f"{scenario.name}: {len(cases)} cases × {scenario.run.repeats} repeat(s)", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("case id")
+    table.add_column("label")
+    for key in swept:
+        table.add_column(key)
+    for i, case in enumerate(cases, 1):
+        table.add_row(str(i), case.id, case.label, *[str(case.params[k]) for k in swept])
+    return table
+
+
+def make_launcher(scenario: Scenario, accel: Accelerator) -> Launcher:
+    run = scenario.run
+    if run.launcher == "local":
+        from llmbench.launch.local import LocalLauncher
+
+        method = run.start_method
+        if method == "auto":
+            # Forking after CUDA is initialised is unsafe; ranks on GPUs get
+            # fresh interpreters unless the user opts into fork.
+            method = "fork" if accel.kind == "cpu" else "spawn"
+        return LocalLauncher(method)
+    raise NotImplementedError(run.launcher)
+
+
+def prepare_environment(accel: Accelerator) -> None:
+    """Settings the pre-imported fork server must see before it imports deepspeed."""
+    os.environ["DS_ACCELERATOR"] = accel.kind
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    # torch answers is_available() through NVML without initialising CUDA
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def run_sweep(scenario: Scenario, cases: list[Case], console: Console, resume: Path | None = None, output_dir: Path | None = None) -> int:
+    accel = detect(scenario.run.device)
+    if resume is not None:
+        run_dir = RunDir.open(resume)
+    else:
+        run_dir = RunDir.create(output_dir or scenario.run.output_dir, scenario.name)
+        run_dir.write_yaml("scenario.yaml", scenario.resolved())
+        run_dir.write_json("env.json", collect(accel))
+    pending = pending_cases(cases, scenario.run.repeats, run_dir.done())
+    total = len(cases) * scenario.run.repeats
+    console.print(
+        f"[bold]{scenario.name}[/]: {len(pending)} of {total} case runs to do on {accel.count}× {accel.names[0] if accel.names else accel.kind} → {run_dir.path}",
+        highlight=False,
+    )
+    prepare_environment(accel)
+    launcher = make_launcher(scenario, accel)
+    interrupted = False
+    try:
+        with LiveProgress(console, len(pending)) as progress:
+            runner = Runner(run_dir, scenario.run, accel, launcher, scenario.name, observer=progress)
+            runner.run_all(pending)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        launcher.close()
+    results = run_dir.results()
+    if results:
+        console.print(comparison_table(results_frame(results), title=f"{scenario.name} — {run_dir.run_id}"))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(f"results: {run_dir.results_path} ({summary or 'none'})", highlight=False)
+    if interrupted:
+        console.print(f"[yellow]interrupted[/]: finished cases are kept; continue with  llmbench run {scenario.source} --resume {run_dir.path}", highlight=False)
+        return EXIT_INTERRUPTED
+    return EXIT_CASE_ERRORED if any(r.status in ("error", "timeout") for r in results) else EXIT_OK

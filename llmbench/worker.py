@@ -1,0 +1,250 @@
+"""Per-rank entry point: build the model, initialise DeepSpeed, run the timed loop.
+
+A rank reads its task from a JSON file and its place in the job from the usual
+torch.distributed variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT), so the same code runs under the local launcher, DeepSpeed's
+launcher and SLURM. It writes two files and nothing else crosses the process
+boundary: ``phases.rank<r>.jsonl`` (phase changes as they happen, for tagging
+sampler timelines and for telling where a killed case was) and
+``rank<r>.json`` (the record, written once at the end, also on failure).
+
+Timing follows nanoGPT's bench.py: warm-up steps first, then every timed step
+ends with an accelerator synchronise, and every step's time is kept raw;
+statistics are computed later in one place (metrics.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+PHASES = ("init", "warmup", "measure", "teardown")
+
+
+@dataclass
+class RankTask:
+    """What every rank of a case runs; written by the launcher as task.json."""
+
+    spec: dict[str, Any]
+    ds_config: dict[str, Any]
+    micro_batch: int
+    device: str  # "cpu" or "cuda"
+    out_dir: str
+    threads: int | None = None
+    timeout_s: float = 600.0
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RankTask:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RankRecord:
+    """One rank's raw measurements; the parent reduces these to a case result."""
+
+    rank: int
+    world_size: int
+    status: str = "error"  # ok | error
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    phase: str = "init"
+    step_times_s: list[float] = field(default_factory=list)
+    warmup_times_s: list[float] = field(default_factory=list)
+    data_times_s: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    init_s: float | None = None
+    memory: dict[str, int | None] = field(default_factory=dict)
+    parameters: dict[str, int | bool] | None = None
+    device_name: str | None = None
+    torch_threads: int | None = None
+    topology: dict[str, int] | None = None
+    pid: int = field(default_factory=os.getpid)
+
+
+class PhaseLog:
+    """Appends ``{"phase", "t"}`` lines as phases change (never inside a timed step)."""
+
+    def __init__(self, path: Path, record: RankRecord):
+        self._file = path.open("a", buffering=1)
+        self._record = record
+
+    def __call__(self, phase: str) -> None:
+        self._record.phase = phase
+        self._file.write(json.dumps({"phase": phase, "t": time.time()}) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def topology(rank: int, tp: int, pp: int, world_size: int) -> dict[str, int]:
+    """This rank's coordinates in DeepSpeed's (pipe, data, model) grid.
+
+    DeepSpeed orders ranks model-fastest, then data, then pipe, so the ranks of
+    one tensor-parallel group are consecutive and share a data index.
+    """
+    dp = world_size // (tp * pp)
+    return {"tp_rank": rank % tp, "dp_rank": (rank // tp) % dp, "pp_stage": rank // (tp * dp), "dp": dp}
+
+
+def run_rank(task: RankTask) -> RankRecord:
+    """Run one rank to completion; exceptions end up in the record, not the caller."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    out = Path(task.out_dir)
+    record = RankRecord(rank=rank, world_size=world_size)
+    phase = PhaseLog(out / f"phases.rank{rank}.jsonl", record)
+    phase("init")
+    try:
+        _train(task, record, phase)
+        record.status = "ok"
+    except BaseException as exc:  # a record must be written whatever happened
+        record.error_type = type(exc).__name__
+        record.error = str(exc).strip() or record.error_type
+        record.traceback = traceback.format_exc()
+        print(record.traceback, file=sys.stderr, flush=True)
+        record.memory = record.memory or _memory(task.device)
+    finally:
+        phase("teardown")
+        _write_json(out / f"rank{rank}.json", asdict(record))
+        phase.close()
+    return record
+
+
+def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
+    t_init = time.perf_counter()
+    import torch
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    from llmbench.models import count_parameters
+    from llmbench.scenario import CaseSpec
+    from llmbench.training import build_batches, build_training_model, train_step
+
+    spec = CaseSpec.model_validate(task.spec)
+    if task.device == "cpu" and task.threads:
+        torch.set_num_threads(task.threads)
+    record.torch_threads = torch.get_num_threads()
+    accel = get_accelerator()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if task.device == "cuda":
+        accel.set_device(local_rank)
+        record.device_name = torch.cuda.get_device_name(local_rank)
+    else:
+        record.device_name = "cpu"
+    backend = "nccl" if task.device == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=task.timeout_s))
+
+    torch.manual_seed(spec.training.seed)  # identical initial weights on every rank
+    device = torch.device("cuda", local_rank) if task.device == "cuda" else torch.device("cpu")
+    model = build_training_model(spec, task.ds_config, device)
+    record.parameters = count_parameters(model).to_dict()
+    topo = record.topology = topology(record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size)
+    n_batches = (spec.training.warmup_steps + spec.training.steps) * spec.training.grad_accum
+    batches = build_batches(spec, task.micro_batch, n_batches, topo["dp_rank"])
+
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=task.ds_config,
+    )
+    record.init_s = time.perf_counter() - t_init
+    step = train_step(spec, engine, batches)
+
+    phase("warmup")
+    for _ in range(spec.training.warmup_steps):
+        t0 = time.perf_counter()
+        step()
+        accel.synchronize()
+        record.warmup_times_s.append(time.perf_counter() - t0)
+
+    torch.distributed.barrier()  # every rank starts the clock together
+    _reset_peaks(task.device)
+    phase("measure")
+    losses = []
+    for _ in range(spec.training.steps):
+        t0 = time.perf_counter()
+        loss, data_s = step()
+        accel.synchronize()
+        record.step_times_s.append(time.perf_counter() - t0)
+        record.data_times_s.append(data_s)
+        losses.append(loss)
+    record.losses = [float(v) for v in losses]  # .item() after timing: no extra sync in the loop
+    record.memory = _memory(task.device)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _reset_peaks(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        # Linux: writing 5 resets the process's peak RSS (VmHWM) to its current RSS
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _memory(device: str) -> dict[str, int | None]:
+    mem: dict[str, int | None] = {"rss_peak_bytes": _proc_status_bytes("VmHWM"), "rss_bytes": _proc_status_bytes("VmRSS")}
+    if mem["rss_peak_bytes"] is None:
+        mem["rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device == "cuda":
+        import torch
+
+        stats = torch.cuda.memory_stats()
+        mem.update(
+            max_allocated_bytes=torch.cuda.max_memory_allocated(),
+            max_reserved_bytes=torch.cuda.max_memory_reserved(),
+            num_alloc_retries=stats.get("num_alloc_retries"),
+            num_ooms=stats.get("num_ooms"),
+        )
+    return mem
+
+
+def _proc_status_bytes(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmbench.worker TASK_JSON`` (launchers that start fresh interpreters)."""
+    args = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--local_rank")]
+    if len(args) != 1:
+        print("usage: python -m llmbench.worker TASK_JSON", file=sys.stderr)
+        return 2
+    from llmbench.launch.base import die_with_parent
+
+    die_with_parent()
+    record = run_rank(RankTask.load(args[0]))
+    return 0 if record.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True
+            )
             sys.exit(EXIT_USAGE)
 
     return wrapper
@@ -56,18 +58,39 @@ def validate(scenario: Path, overrides: tuple[str, ...]) -> None:
 
     loaded = load_scenario(scenario, overrides)
     cases = loaded.expand()
-    axes = ", ".join(f"{a.key}×{len(a.values)}" for a in loaded.axes if len(a.values) > 1) or "no sweep"
-    console.print(f"{scenario}: ok — {len(cases)} cases ({axes}), {loaded.run.repeats} repeat(s)", highlight=False)
+    axes = (
+        ", ".join(f"{a.key}×{len(a.values)}" for a in loaded.axes if len(a.values) > 1)
+        or "no sweep"
+    )
+    console.print(
+        f"{scenario}: ok — {len(cases)} cases ({axes}), {loaded.run.repeats} repeat(s)",
+        highlight=False,
+    )
 
 
 @cli.command()
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="List the cases and their ids; run nothing.")
-@click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path), help="Run only the cases missing from this run directory.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), help="Root for run directories (default: run.output_dir).")
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run only the cases missing from this run directory.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Root for run directories (default: run.output_dir).",
+)
 @user_errors
-def run(scenario: Path, overrides: tuple[str, ...], dry_run: bool, resume: Path | None, output_dir: Path | None) -> None:
+def run(
+    scenario: Path,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    resume: Path | None,
+    output_dir: Path | None,
+) -> None:
     """Run every case of SCENARIO; KEY=VALUE overrides (lists sweep), e.g. model.size=[tiny,mini]."""
     from llmbench.scenario import load_scenario
 

@@ -22,7 +22,15 @@ from llmbench import __version__
 from llmbench.hardware import Accelerator
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "tokenizers", "nvidia-ml-py", "pandas", "numpy")
-FINGERPRINT_KEYS = ("accelerator", "accelerator_count", "driver", "cpu_model", "torch", "deepspeed", "transformers")
+FINGERPRINT_KEYS = (
+    "accelerator",
+    "accelerator_count",
+    "driver",
+    "cpu_model",
+    "torch",
+    "deepspeed",
+    "transformers",
+)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -49,12 +57,19 @@ def git_commit() -> str | None:
     """The llmbench checkout's commit, when llmbench runs from a git checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+    )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

@@ -33,7 +33,9 @@ class GpuSpec:
         return self.peak_flops.get(dtype)
 
 
-def _spec(key, name, mem_gib, fp32, tf32, bf16, fp16, hbm_gb_s, link_gb_s, source, pattern, aliases=()) -> GpuSpec:
+def _spec(
+    key, name, mem_gib, fp32, tf32, bf16, fp16, hbm_gb_s, link_gb_s, source, pattern, aliases=()
+) -> GpuSpec:
     flops = {"fp32": fp32, "tf32": tf32, "bf16": bf16, "fp16": fp16}
     return GpuSpec(
         key=key,
@@ -48,7 +50,9 @@ def _spec(key, name, mem_gib, fp32, tf32, bf16, fp16, hbm_gb_s, link_gb_s, sourc
     )
 
 
-_A100 = "NVIDIA A100 Tensor Core GPU datasheet (2021): FP32 19.5, TF32 156, BF16/FP16 312 TFLOPS dense"
+_A100 = (
+    "NVIDIA A100 Tensor Core GPU datasheet (2021): FP32 19.5, TF32 156, BF16/FP16 312 TFLOPS dense"
+)
 _H100 = "NVIDIA H100 Tensor Core GPU datasheet (2023), SXM5: FP32 67, TF32 494.7, BF16/FP16 989.4 TFLOPS dense (half the with-sparsity figures)"
 _H100P = "NVIDIA H100 Tensor Core GPU datasheet (2023), PCIe: FP32 51, TF32 378, BF16/FP16 756.5 TFLOPS dense"
 _H200 = "NVIDIA H200 Tensor Core GPU datasheet (2024), SXM: FP32 67, TF32 494.7, BF16/FP16 989.4 TFLOPS dense; 141 GB HBM3e at 4.8 TB/s"
@@ -58,27 +62,211 @@ _V100 = "NVIDIA V100 Tensor Core GPU datasheet (2020): SXM2 FP32 15.7 / FP16 ten
 GPUS: dict[str, GpuSpec] = {
     s.key: s
     for s in [
-        _spec("a100-sxm-40gb", "NVIDIA A100 SXM4 40GB", 40, 19.5, 156, 312, 312, 1555, 600, _A100, r"A100.*SXM.*40GB", ["a100-40gb"]),
-        _spec("a100-sxm-80gb", "NVIDIA A100 SXM4 80GB", 80, 19.5, 156, 312, 312, 2039, 600, _A100, r"A100.*SXM.*80GB", ["a100-80gb", "a100"]),
-        _spec("a100-pcie-40gb", "NVIDIA A100 PCIe 40GB", 40, 19.5, 156, 312, 312, 1555, 64, _A100, r"A100.*PCIE.*40GB|A100-PCIE-40GB"),
-        _spec("a100-pcie-80gb", "NVIDIA A100 PCIe 80GB", 80, 19.5, 156, 312, 312, 1935, 64, _A100, r"A100 80GB PCIe|A100.*PCIE.*80GB"),
-        _spec("h100-sxm-80gb", "NVIDIA H100 SXM5 80GB", 80, 67, 494.7, 989.4, 989.4, 3350, 900, _H100, r"H100 80GB HBM3|H100.*SXM", ["h100-80gb", "h100"]),
-        _spec("h100-pcie-80gb", "NVIDIA H100 PCIe 80GB", 80, 51, 378, 756.5, 756.5, 2000, 128, _H100P, r"H100.*PCIe", ["h100-pcie"]),
-        _spec("h200-141gb", "NVIDIA H200 SXM 141GB", 141, 67, 494.7, 989.4, 989.4, 4800, 900, _H200, r"H200", ["h200"]),
-        _spec("l4-24gb", "NVIDIA L4", 24, 30.3, 60, 121, 121, 300, 64,
-              "NVIDIA L4 datasheet (2023): FP32 30.3, TF32 60, BF16/FP16 121 TFLOPS dense", r"\bL4\b", ["l4"]),
-        _spec("l40s-48gb", "NVIDIA L40S", 48, 91.6, 183, 362.05, 362.05, 864, 64,
-              "NVIDIA L40S datasheet (2023): FP32 91.6, TF32 183, BF16/FP16 362.05 TFLOPS dense", r"L40S", ["l40s"]),
-        _spec("a10g-24gb", "NVIDIA A10G", 24, 31.2, 62.5, 125, 125, 600, 64,
-              "NVIDIA A10 datasheet (2021): FP32 31.2, TF32 62.5, BF16/FP16 125 TFLOPS dense; the A10G is AWS's variant of this GA102 part and NVIDIA publishes no separate figure",
-              r"A10G", ["a10g"]),
-        _spec("v100-sxm2-16gb", "NVIDIA V100 SXM2 16GB", 16, 15.7, None, None, 125, 900, 300, _V100, r"V100-SXM2-16GB"),
-        _spec("v100-sxm2-32gb", "NVIDIA V100 SXM2 32GB", 32, 15.7, None, None, 125, 900, 300, _V100, r"V100-SXM2-32GB", ["v100"]),
-        _spec("v100-pcie-16gb", "NVIDIA V100 PCIe 16GB", 16, 14, None, None, 112, 900, 32, _V100, r"V100-PCIE-16GB"),
-        _spec("v100-pcie-32gb", "NVIDIA V100 PCIe 32GB", 32, 14, None, None, 112, 900, 32, _V100, r"V100-PCIE-32GB"),
-        _spec("mi300x-192gb", "AMD Instinct MI300X", 192, 163.4, 653.7, 1307.4, 1307.4, 5300, 896,
-              "AMD Instinct MI300X datasheet (2023): FP32 matrix 163.4, TF32 653.7, BF16/FP16 1307.4 TFLOPS dense; 896 GB/s Infinity Fabric",
-              r"MI300X", ["mi300x"]),
+        _spec(
+            "a100-sxm-40gb",
+            "NVIDIA A100 SXM4 40GB",
+            40,
+            19.5,
+            156,
+            312,
+            312,
+            1555,
+            600,
+            _A100,
+            r"A100.*SXM.*40GB",
+            ["a100-40gb"],
+        ),
+        _spec(
+            "a100-sxm-80gb",
+            "NVIDIA A100 SXM4 80GB",
+            80,
+            19.5,
+            156,
+            312,
+            312,
+            2039,
+            600,
+            _A100,
+            r"A100.*SXM.*80GB",
+            ["a100-80gb", "a100"],
+        ),
+        _spec(
+            "a100-pcie-40gb",
+            "NVIDIA A100 PCIe 40GB",
+            40,
+            19.5,
+            156,
+            312,
+            312,
+            1555,
+            64,
+            _A100,
+            r"A100.*PCIE.*40GB|A100-PCIE-40GB",
+        ),
+        _spec(
+            "a100-pcie-80gb",
+            "NVIDIA A100 PCIe 80GB",
+            80,
+            19.5,
+            156,
+            312,
+            312,
+            1935,
+            64,
+            _A100,
+            r"A100 80GB PCIe|A100.*PCIE.*80GB",
+        ),
+        _spec(
+            "h100-sxm-80gb",
+            "NVIDIA H100 SXM5 80GB",
+            80,
+            67,
+            494.7,
+            989.4,
+            989.4,
+            3350,
+            900,
+            _H100,
+            r"H100 80GB HBM3|H100.*SXM",
+            ["h100-80gb", "h100"],
+        ),
+        _spec(
+            "h100-pcie-80gb",
+            "NVIDIA H100 PCIe 80GB",
+            80,
+            51,
+            378,
+            756.5,
+            756.5,
+            2000,
+            128,
+            _H100P,
+            r"H100.*PCIe",
+            ["h100-pcie"],
+        ),
+        _spec(
+            "h200-141gb",
+            "NVIDIA H200 SXM 141GB",
+            141,
+            67,
+            494.7,
+            989.4,
+            989.4,
+            4800,
+            900,
+            _H200,
+            r"H200",
+            ["h200"],
+        ),
+        _spec(
+            "l4-24gb",
+            "NVIDIA L4",
+            24,
+            30.3,
+            60,
+            121,
+            121,
+            300,
+            64,
+            "NVIDIA L4 datasheet (2023): FP32 30.3, TF32 60, BF16/FP16 121 TFLOPS dense",
+            r"\bL4\b",
+            ["l4"],
+        ),
+        _spec(
+            "l40s-48gb",
+            "NVIDIA L40S",
+            48,
+            91.6,
+            183,
+            362.05,
+            362.05,
+            864,
+            64,
+            "NVIDIA L40S datasheet (2023): FP32 91.6, TF32 183, BF16/FP16 362.05 TFLOPS dense",
+            r"L40S",
+            ["l40s"],
+        ),
+        _spec(
+            "a10g-24gb",
+            "NVIDIA A10G",
+            24,
+            31.2,
+            62.5,
+            125,
+            125,
+            600,
+            64,
+            "NVIDIA A10 datasheet (2021): FP32 31.2, TF32 62.5, BF16/FP16 125 TFLOPS dense; the A10G is AWS's variant of this GA102 part and NVIDIA publishes no separate figure",
+            r"A10G",
+            ["a10g"],
+        ),
+        _spec(
+            "v100-sxm2-16gb",
+            "NVIDIA V100 SXM2 16GB",
+            16,
+            15.7,
+            None,
+            None,
+            125,
+            900,
+            300,
+            _V100,
+            r"V100-SXM2-16GB",
+        ),
+        _spec(
+            "v100-sxm2-32gb",
+            "NVIDIA V100 SXM2 32GB",
+            32,
+            15.7,
+            None,
+            None,
+            125,
+            900,
+            300,
+            _V100,
+            r"V100-SXM2-32GB",
+            ["v100"],
+        ),
+        _spec(
+            "v100-pcie-16gb",
+            "NVIDIA V100 PCIe 16GB",
+            16,
+            14,
+            None,
+            None,
+            112,
+            900,
+            32,
+            _V100,
+            r"V100-PCIE-16GB",
+        ),
+        _spec(
+            "v100-pcie-32gb",
+            "NVIDIA V100 PCIe 32GB",
+            32,
+            14,
+            None,
+            None,
+            112,
+            900,
+            32,
+            _V100,
+            r"V100-PCIE-32GB",
+        ),
+        _spec(
+            "mi300x-192gb",
+            "AMD Instinct MI300X",
+            192,
+            163.4,
+            653.7,
+            1307.4,
+            1307.4,
+            5300,
+            896,
+            "AMD Instinct MI300X datasheet (2023): FP32 matrix 163.4, TF32 653.7, BF16/FP16 1307.4 TFLOPS dense; 896 GB/s Infinity Fabric",
+            r"MI300X",
+            ["mi300x"],
+        ),
     ]
 }
 
@@ -141,8 +329,13 @@ def visible_nvml_indices(nvml, count: int) -> list[int]:
             indices.append(idx)
             continue
         if uuids is None:
-            uuids = [_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)]
-        match = [i for i, u in enumerate(uuids) if u.startswith(token) or u.startswith("GPU-" + token)]
+            uuids = [
+                _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i)))
+                for i in range(count)
+            ]
+        match = [
+            i for i, u in enumerate(uuids) if u.startswith(token) or u.startswith("GPU-" + token)
+        ]
         if len(match) != 1:
             break
         indices.append(match[0])
@@ -170,11 +363,22 @@ def detect(prefer: str = "auto") -> Accelerator:
             try:
                 count = nvml.nvmlDeviceGetCount()
                 indices = visible_nvml_indices(nvml, count)
-                names = tuple(_text(nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i))) for i in indices)
+                names = tuple(
+                    _text(nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i)))
+                    for i in indices
+                )
                 driver = _text(nvml.nvmlSystemGetDriverVersion())
                 cuda = nvml.nvmlSystemGetCudaDriverVersion_v2()
                 if indices:
-                    return Accelerator("cuda", len(indices), names, tuple(indices), driver, f"{cuda // 1000}.{cuda % 1000 // 10}", None)
+                    return Accelerator(
+                        "cuda",
+                        len(indices),
+                        names,
+                        tuple(indices),
+                        driver,
+                        f"{cuda // 1000}.{cuda % 1000 // 10}",
+                        None,
+                    )
                 error = "no GPU visible (CUDA_VISIBLE_DEVICES)" if count else "NVML reports no GPU"
             finally:
                 nvml.nvmlShutdown()

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def step_stats(times_s: Sequence[float], prefix: str = "step_time_s") -> dict[str, float | int | None]:
+def step_stats(
+    times_s: Sequence[float], prefix: str = "step_time_s"
+) -> dict[str, float | int | None]:
     """Median and spread of raw step times; every key is present, null when empty."""
     keys = ("median", "mean", "p10", "p90", "min", "max", "std", "iqr")
     if len(times_s) == 0:
@@ -63,9 +65,16 @@ class StepShape:
 
 def throughput(shape: StepShape, median_step_s: float | None) -> dict[str, float | int | None]:
     """Global and per-device rates from the median step time."""
-    rates: dict[str, float | int | None] = {"tokens_per_step": shape.tokens, "samples_per_step": shape.samples}
+    rates: dict[str, float | int | None] = {
+        "tokens_per_step": shape.tokens,
+        "samples_per_step": shape.samples,
+    }
     if not median_step_s:
-        return rates | {"tokens_per_s": None, "samples_per_s": None, "tokens_per_s_per_device": None}
+        return rates | {
+            "tokens_per_s": None,
+            "samples_per_s": None,
+            "tokens_per_s_per_device": None,
+        }
     return rates | {
         "tokens_per_s": shape.tokens / median_step_s,
         "samples_per_s": shape.samples / median_step_s,
@@ -73,7 +82,9 @@ def throughput(shape: StepShape, median_step_s: float | None) -> dict[str, float
     }
 
 
-def training_flops_per_token(flops_params: int, num_layers: int, hidden_size: int, seq_len: int) -> float:
+def training_flops_per_token(
+    flops_params: int, num_layers: int, hidden_size: int, seq_len: int
+) -> float:
     """Model FLOPs per token of a training step: 6·N + 12·L·H·Q·T.
 
     PaLM (Chowdhery et al. 2022), appendix B: 6N for the forward and backward
@@ -83,7 +94,9 @@ def training_flops_per_token(flops_params: int, num_layers: int, hidden_size: in
     return 6.0 * flops_params + 12.0 * num_layers * hidden_size * seq_len
 
 
-def recompute_flops_per_token(flops_params: int, num_layers: int, hidden_size: int, seq_len: int, checkpointing: str) -> float:
+def recompute_flops_per_token(
+    flops_params: int, num_layers: int, hidden_size: int, seq_len: int, checkpointing: str
+) -> float:
     """Extra FLOPs per token that activation recomputation adds (hardware, not model, FLOPs).
 
     Full checkpointing reruns the whole forward: 2·N + 4·L·H·Q·T. Selective

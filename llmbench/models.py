@@ -144,13 +144,15 @@ def parse_model_name(name: str) -> tuple[str, str]:
     for family in sorted(FAMILIES, key=len, reverse=True):
         prefix = family + "-"
         if name.lower().startswith(prefix):
-            size = FAMILIES[family].canonical_size(name[len(prefix):])
+            size = FAMILIES[family].canonical_size(name[len(prefix) :])
             if size is not None:
                 return family, size
     raise KeyError(name)
 
 
-def hf_config(family: str, dims: Dims, task: str, num_labels: int = 2, attn_implementation: str = "sdpa"):
+def hf_config(
+    family: str, dims: Dims, task: str, num_labels: int = 2, attn_implementation: str = "sdpa"
+):
     """Build the transformers config for a family with the given dimensions."""
     import transformers
 
@@ -226,7 +228,9 @@ def build_model(config, task: str, device: torch.device | str = "cpu"):
     import torch
 
     with torch.device(device):
-        return model_class(task).from_config(config, attn_implementation=config._attn_implementation)
+        return model_class(task).from_config(
+            config, attn_implementation=config._attn_implementation
+        )
 
 
 @dataclass(frozen=True)

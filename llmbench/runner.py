@@ -45,7 +45,9 @@ class PendingCase:
     repeat: int
 
 
-def pending_cases(cases: Iterable[Case], repeats: int, done: set[tuple[str, int]]) -> list[PendingCase]:
+def pending_cases(
+    cases: Iterable[Case], repeats: int, done: set[tuple[str, int]]
+) -> list[PendingCase]:
     """Cases still to run, repeats interleaved last so a partial sweep covers every case."""
     return [PendingCase(c, r) for r in range(repeats) for c in cases if (c.id, r) not in done]
 
@@ -64,7 +66,15 @@ def skip_reason(case: Case, accel: Accelerator, launcher: str) -> str | None:
 
 
 class Runner:
-    def __init__(self, run_dir: RunDir, run: RunSpec, accel: Accelerator, launcher: Launcher, scenario_name: str, observer: SweepObserver | None = None):
+    def __init__(
+        self,
+        run_dir: RunDir,
+        run: RunSpec,
+        accel: Accelerator,
+        launcher: Launcher,
+        scenario_name: str,
+        observer: SweepObserver | None = None,
+    ):
         self.run_dir = run_dir
         self.run = run
         self.accel = accel
@@ -110,7 +120,9 @@ class Runner:
         micro_batch = case.spec.training.micro_batch
         return self._measure(case, repeat, case_dir, micro_batch, started)
 
-    def _measure(self, case: Case, repeat: int, case_dir: Path, micro_batch: int, started: str) -> CaseResult:
+    def _measure(
+        self, case: Case, repeat: int, case_dir: Path, micro_batch: int, started: str
+    ) -> CaseResult:
         spec = case.spec
         world_size = spec.parallel.world_size
         threads = self.run.threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
@@ -139,7 +151,13 @@ class Runner:
         status, reason = classify(case_dir, records, timed_out, self.run.timeout_s, phase)
         result = self._result(case, repeat, status, reason)
         result.started_at, result.ended_at = started, now_iso()
-        shape = StepShape(micro_batch, spec.training.grad_accum, spec.training.seq_len, spec.parallel.dp, world_size)
+        shape = StepShape(
+            micro_batch,
+            spec.training.grad_accum,
+            spec.training.seq_len,
+            spec.parallel.dp,
+            world_size,
+        )
         fill_metrics(result, records, shape, wall_s, self.accel.kind)
         return result
 
@@ -198,7 +216,13 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def fill_metrics(result: CaseResult, records: list[dict[str, Any] | None], shape: StepShape, wall_s: float, device: str) -> None:
+def fill_metrics(
+    result: CaseResult,
+    records: list[dict[str, Any] | None],
+    shape: StepShape,
+    wall_s: float,
+    device: str,
+) -> None:
     """Reduce rank records to the case's metrics (step time = slowest rank per step)."""
     present = [r for r in records if r is not None]
     result.ranks = [_rank_summary(r) for r in present]
@@ -214,34 +238,54 @@ def fill_metrics(result: CaseResult, records: list[dict[str, Any] | None], shape
     measure_s = sum(steps) if steps else None
     warmup_s = sum(warmup) if ok else None
     result.set_metric("wall_s", wall_s)
-    result.set_metric("init_s", max((r["init_s"] for r in present if r.get("init_s") is not None), default=None), "no rank finished init")
+    result.set_metric(
+        "init_s",
+        max((r["init_s"] for r in present if r.get("init_s") is not None), default=None),
+        "no rank finished init",
+    )
     result.set_metric("warmup_s", warmup_s, why)
     result.set_metric("measure_s", measure_s, why)
     result.set_metric("overhead_s", wall_s - warmup_s - measure_s if ok else None, why)
-    data = [sum(r["data_times_s"]) / sum(r["step_times_s"]) for r in present if r.get("data_times_s") and sum(r["step_times_s"])]
+    data = [
+        sum(r["data_times_s"]) / sum(r["step_times_s"])
+        for r in present
+        if r.get("data_times_s") and sum(r["step_times_s"])
+    ]
     result.set_metric("data_time_share", max(data) if ok and data else None, why)
     result.set_metric("loss_first", result.losses[0] if result.losses else None, why)
     result.set_metric("loss_last", result.losses[-1] if result.losses else None, why)
     _memory_metrics(result, present, device)
     params = next((r["parameters"] for r in present if r.get("parameters")), None)
     for key in ("total", "embedding", "non_embedding", "flops_params"):
-        result.set_metric(f"params_{key}", params[key] if params else None, "no rank built the model")
+        result.set_metric(
+            f"params_{key}", params[key] if params else None, "no rank built the model"
+        )
 
 
 def _memory_metrics(result: CaseResult, records: list[dict[str, Any]], device: str) -> None:
     """Per-rank peaks reduced by max (never summed: each rank owns its own device)."""
 
     def peak(key: str) -> int | None:
-        values = [r["memory"].get(key) for r in records if r.get("memory") and r["memory"].get(key) is not None]
+        values = [
+            r["memory"].get(key)
+            for r in records
+            if r.get("memory") and r["memory"].get(key) is not None
+        ]
         return max(values) if values else None
 
     host = peak("rss_peak_bytes")
     result.set_metric("host_rss_peak_bytes", host, "no rank reported memory")
     if device == "cuda":
-        result.set_metric("allocator_peak_bytes", peak("max_allocated_bytes"), "no rank reported memory")
-        result.set_metric("allocator_reserved_peak_bytes", peak("max_reserved_bytes"), "no rank reported memory")
+        result.set_metric(
+            "allocator_peak_bytes", peak("max_allocated_bytes"), "no rank reported memory"
+        )
+        result.set_metric(
+            "allocator_reserved_peak_bytes", peak("max_reserved_bytes"), "no rank reported memory"
+        )
         result.set_metric("alloc_retries", peak("num_alloc_retries"), "no rank reported memory")
-        result.set_metric("peak_memory_bytes", result.metrics["allocator_peak_bytes"], "no rank reported memory")
+        result.set_metric(
+            "peak_memory_bytes", result.metrics["allocator_peak_bytes"], "no rank reported memory"
+        )
     else:
         for key in ("allocator_peak_bytes", "allocator_reserved_peak_bytes", "alloc_retries"):
             result.set_metric(key, None, "no CUDA allocator on a CPU run")
@@ -256,7 +300,11 @@ def _dp_mean_losses(records: list[dict[str, Any]]) -> list[float]:
     """
     topo = [r.get("topology") or {"tp_rank": 0, "pp_stage": 0} for r in records]
     last = max(t["pp_stage"] for t in topo)
-    trajectories = [r["losses"] for r, t in zip(records, topo) if t["tp_rank"] == 0 and t["pp_stage"] == last and r.get("losses")]
+    trajectories = [
+        r["losses"]
+        for r, t in zip(records, topo, strict=False)
+        if t["tp_rank"] == 0 and t["pp_stage"] == last and r.get("losses")
+    ]
     if not trajectories:
         return []
     n = min(len(t) for t in trajectories)

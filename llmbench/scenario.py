@@ -72,7 +72,15 @@ class ModelSpec(_Section):
         return data
 
     def dim_overrides(self) -> dict[str, int]:
-        names = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size", "max_positions")
+        names = (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_positions",
+        )
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
@@ -198,7 +206,9 @@ CASE_KEYS: dict[str, Any] = {
     for section in CASE_SECTIONS
     for name, annotation in _fields(CaseSpec.model_fields[section].annotation).items()
 }
-RUN_KEYS: dict[str, Any] = {f"run.{name}": ann for name, ann in _fields(RunSpec).items() if name != "slurm"}
+RUN_KEYS: dict[str, Any] = {
+    f"run.{name}": ann for name, ann in _fields(RunSpec).items() if name != "slurm"
+}
 RUN_KEYS.update({f"run.slurm.{name}": ann for name, ann in _fields(SlurmSpec).items()})
 ALL_KEYS = {**CASE_KEYS, **RUN_KEYS}
 FREEFORM_KEYS = ("deepspeed.config",)  # mapping values; a list of mappings is a sweep
@@ -334,14 +344,18 @@ class Scenario:
         cases: dict[str, Case] = {}
         swept = self.swept
         for combo in itertools.product(*(a.values for a in self.axes)):
-            flat = {**self.base, **{a.key: v for a, v in zip(self.axes, combo)}}
+            flat = {**self.base, **{a.key: v for a, v in zip(self.axes, combo, strict=False)}}
             case = self._build(flat, swept)
             if not any(rule.matches(case.params) for rule in self.exclude):
                 cases.setdefault(case.id, case)
         for rule in self.include:
             keys = list(rule.values)
             for combo in itertools.product(*(rule.values[k] for k in keys)):
-                flat = {**self.base, **{a.key: a.values[0] for a in self.axes}, **dict(zip(keys, combo))}
+                flat = {
+                    **self.base,
+                    **{a.key: a.values[0] for a in self.axes},
+                    **dict(zip(keys, combo, strict=False)),
+                }
                 case = self._build(flat, swept, where=rule.where)
                 cases.setdefault(case.id, case)
         return list(cases.values())
@@ -353,14 +367,22 @@ class Scenario:
         if problems:
             key, message = problems[0]
             combo = ", ".join(f"{k}={flat[k]}" for k in swept if k in flat)
-            hint = f" [in the combination {combo}; prune it with an exclude rule]" if combo and not where else ""
-            raise UserError(message + hint, where=where or self.lines.get(key, self.source), key=key)
+            hint = (
+                f" [in the combination {combo}; prune it with an exclude rule]"
+                if combo and not where
+                else ""
+            )
+            raise UserError(
+                message + hint, where=where or self.lines.get(key, self.source), key=key
+            )
         return Case.from_spec(spec, swept)
 
     def resolved(self) -> dict[str, Any]:
         """The scenario as YAML-ready data, overrides applied (saved in each run directory)."""
         flat = dict(self.base)
-        flat.update({a.key: list(a.values) if len(a.values) > 1 else a.values[0] for a in self.axes})
+        flat.update(
+            {a.key: list(a.values) if len(a.values) > 1 else a.values[0] for a in self.axes}
+        )
         doc: dict[str, Any] = {"name": self.name, "description": self.description}
         doc.update(_nest(flat))
         doc["run"] = self.run.model_dump(mode="json")
@@ -379,29 +401,73 @@ def case_problems(spec: CaseSpec) -> list[tuple[str, str]]:
     family = FAMILIES[m.family]
     if family.canonical_size(m.size) is None:
         sizes = list(family.presets) + list(family.aliases)
-        return [("model.size", f"{m.size!r} is not a {m.family} size{did_you_mean(m.size, sizes)}; choose from {', '.join(family.presets)}")]
+        return [
+            (
+                "model.size",
+                f"{m.size!r} is not a {m.family} size{did_you_mean(m.size, sizes)}; choose from {', '.join(family.presets)}",
+            )
+        ]
     problems: list[tuple[str, str]] = []
     if t.task is not None and t.task not in family.tasks:
-        problems.append(("training.task", f"{m.family} does not support {t.task!r}; choose from {', '.join(family.tasks)}"))
+        problems.append(
+            (
+                "training.task",
+                f"{m.family} does not support {t.task!r}; choose from {', '.join(family.tasks)}",
+            )
+        )
     dims = spec.dims()
     if dims.hidden_size % dims.num_heads:
-        problems.append(("model.num_heads", f"hidden_size {dims.hidden_size} is not divisible by num_heads {dims.num_heads}"))
+        problems.append(
+            (
+                "model.num_heads",
+                f"hidden_size {dims.hidden_size} is not divisible by num_heads {dims.num_heads}",
+            )
+        )
     if dims.num_heads % dims.kv_heads:
-        problems.append(("model.num_kv_heads", f"num_heads {dims.num_heads} is not divisible by num_kv_heads {dims.kv_heads}"))
+        problems.append(
+            (
+                "model.num_kv_heads",
+                f"num_heads {dims.num_heads} is not divisible by num_kv_heads {dims.kv_heads}",
+            )
+        )
     if t.seq_len > dims.max_positions:
-        problems.append(("training.seq_len", f"{t.seq_len} exceeds the model's max_positions {dims.max_positions}"))
+        problems.append(
+            (
+                "training.seq_len",
+                f"{t.seq_len} exceeds the model's max_positions {dims.max_positions}",
+            )
+        )
     if par.world_size % (par.tp * par.pp):
-        problems.append(("parallel.world_size", f"{par.world_size} is not divisible by tp×pp = {par.tp}×{par.pp}"))
+        problems.append(
+            (
+                "parallel.world_size",
+                f"{par.world_size} is not divisible by tp×pp = {par.tp}×{par.pp}",
+            )
+        )
     if par.world_size % par.nodes:
-        problems.append(("parallel.nodes", f"world_size {par.world_size} is not divisible by nodes {par.nodes}"))
+        problems.append(
+            ("parallel.nodes", f"world_size {par.world_size} is not divisible by nodes {par.nodes}")
+        )
     if ds.offload_param != "none" and ds.zero_stage != 3:
-        problems.append(("deepspeed.offload_param", f"parameter offload needs zero_stage 3, not {ds.zero_stage}"))
+        problems.append(
+            (
+                "deepspeed.offload_param",
+                f"parameter offload needs zero_stage 3, not {ds.zero_stage}",
+            )
+        )
     if ds.offload_optimizer != "none" and ds.zero_stage == 0:
-        problems.append(("deepspeed.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3"))
+        problems.append(
+            ("deepspeed.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
+        )
     if "nvme" in (ds.offload_param, ds.offload_optimizer) and not ds.nvme_path:
         problems.append(("deepspeed.nvme_path", "offload to nvme needs deepspeed.nvme_path"))
     if par.pp > 1 and ds.zero_stage > 1:
-        problems.append(("deepspeed.zero_stage", f"pipeline parallelism works with ZeRO stage 0 or 1 only, not {ds.zero_stage}"))
+        problems.append(
+            (
+                "deepspeed.zero_stage",
+                f"pipeline parallelism works with ZeRO stage 0 or 1 only, not {ds.zero_stage}",
+            )
+        )
     if t.data == "text" and not t.data_path:
         problems.append(("training.data_path", "data: text needs training.data_path"))
     return problems
@@ -414,7 +480,9 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     """Load and validate a scenario file, applying ``key=value`` overrides."""
     path = Path(path)
     if not path.is_file():
-        raise UserError("no such scenario file" if not path.exists() else "not a file", where=str(path))
+        raise UserError(
+            "no such scenario file" if not path.exists() else "not a file", where=str(path)
+        )
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -422,7 +490,12 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     return parse_scenario(text, source=str(path), overrides=overrides, default_name=path.stem)
 
 
-def parse_scenario(text: str, source: str = "<string>", overrides: Sequence[str] = (), default_name: str = "scenario") -> Scenario:
+def parse_scenario(
+    text: str,
+    source: str = "<string>",
+    overrides: Sequence[str] = (),
+    default_name: str = "scenario",
+) -> Scenario:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -455,7 +528,9 @@ class _Reader:
     def construct(self, node: yaml.Node) -> Any:
         return self._constructor.construct_document(node)
 
-    def _mapping_items(self, node: yaml.Node, key: str | None) -> list[tuple[str, yaml.Node, yaml.Node]]:
+    def _mapping_items(
+        self, node: yaml.Node, key: str | None
+    ) -> list[tuple[str, yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
             raise UserError("expected a mapping", where=self.where(node), key=key)
         seen: set[str] = set()
@@ -474,7 +549,11 @@ class _Reader:
     def read_document(self, root: yaml.Node) -> None:
         for name, k_node, v_node in self._mapping_items(root, None):
             if name not in TOP_LEVEL:
-                raise UserError(f"unknown section{did_you_mean(name, TOP_LEVEL)}", where=self.where(k_node), key=name)
+                raise UserError(
+                    f"unknown section{did_you_mean(name, TOP_LEVEL)}",
+                    where=self.where(k_node),
+                    key=name,
+                )
             if name in ("name", "description", "check"):
                 self.meta[name] = self._scalar(v_node, name)
                 self.lines[name] = self.where(k_node)
@@ -510,10 +589,17 @@ class _Reader:
             return self._validate(dotted, self.construct(node), self.where(node))
         if isinstance(node, yaml.SequenceNode):
             if dotted in RUN_KEYS:
-                raise UserError("run settings cannot be swept; give a single value", where=self.where(node), key=dotted)
+                raise UserError(
+                    "run settings cannot be swept; give a single value",
+                    where=self.where(node),
+                    key=dotted,
+                )
             if not node.value:
                 raise UserError("an empty list sweeps nothing", where=self.where(node), key=dotted)
-            values = [self._validate(dotted, self.construct(item), self.where(item)) for item in node.value]
+            values = [
+                self._validate(dotted, self.construct(item), self.where(item))
+                for item in node.value
+            ]
             return _unique(values, dotted, self.where(node))
         return self._validate(dotted, self.construct(node), self.where(node))
 
@@ -521,7 +607,9 @@ class _Reader:
         try:
             return _ADAPTERS[dotted].validate_python(value)
         except ValidationError as exc:
-            raise UserError(f"{value!r} is not valid: {_first_error(exc)}", where=where, key=dotted) from None
+            raise UserError(
+                f"{value!r} is not valid: {_first_error(exc)}", where=where, key=dotted
+            ) from None
 
     def _rules(self, node: yaml.Node, kind: str) -> list[Rule]:
         if not isinstance(node, yaml.SequenceNode):
@@ -532,9 +620,17 @@ class _Reader:
             for name, k_node, v_node in self._mapping_items(item, kind):
                 where = self.where(k_node)
                 if name not in CASE_KEYS:
-                    raise UserError(f"unknown key{did_you_mean(name, CASE_KEYS)}", where=where, key=f"{kind}: {name}")
+                    raise UserError(
+                        f"unknown key{did_you_mean(name, CASE_KEYS)}",
+                        where=where,
+                        key=f"{kind}: {name}",
+                    )
                 value = self._value(name, v_node)
-                values[name] = tuple(value) if isinstance(value, list) and name not in FREEFORM_KEYS else (value,)
+                values[name] = (
+                    tuple(value)
+                    if isinstance(value, list) and name not in FREEFORM_KEYS
+                    else (value,)
+                )
             if not values:
                 raise UserError("an empty rule", where=self.where(item), key=kind)
             rules.append(Rule(where=self.where(item), values=values))
@@ -558,7 +654,9 @@ class _Reader:
         self.lines[key] = where
         if isinstance(value, list) and key not in LIST_VALUED_KEYS:
             if key in RUN_KEYS:
-                raise UserError("run settings cannot be swept; give a single value", where=where, key=key)
+                raise UserError(
+                    "run settings cannot be swept; give a single value", where=where, key=key
+                )
             if not value:
                 raise UserError("an empty list sweeps nothing", where=where, key=key)
             self.values[key] = _unique([self._validate(key, v, where) for v in value], key, where)
@@ -579,7 +677,11 @@ class _Reader:
         run = RunSpec.model_validate(_nest(run_values))
         check = self.meta.get("check")
         if check is not None and check not in CHECKS:
-            raise UserError(f"unknown check {check!r}{did_you_mean(str(check), CHECKS)}", where=self.lines.get("check", self.source), key="check")
+            raise UserError(
+                f"unknown check {check!r}{did_you_mean(str(check), CHECKS)}",
+                where=self.lines.get("check", self.source),
+                key="check",
+            )
         scenario = Scenario(
             source=self.source,
             name=str(self.meta.get("name") or default_name),

@@ -54,7 +54,7 @@ def append_line(path: Path, line: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)  # closing releases the lock
@@ -69,10 +69,18 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                warnings.warn(f"{path}:{number}: skipping a corrupt line ({exc.msg if hasattr(exc, 'msg') else exc})", CorruptLineWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}:{number}: skipping a corrupt line ({exc.msg if hasattr(exc, 'msg') else exc})",
+                    CorruptLineWarning,
+                    stacklevel=2,
+                )
                 continue
             if not isinstance(obj, dict):
-                warnings.warn(f"{path}:{number}: skipping a line that is not a JSON object", CorruptLineWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}:{number}: skipping a line that is not a JSON object",
+                    CorruptLineWarning,
+                    stacklevel=2,
+                )
                 continue
             yield number, obj
 
@@ -110,7 +118,9 @@ class RunDir:
     def open(cls, path: str | Path) -> RunDir:
         path = Path(path)
         if not (path / RESULTS).exists() and not (path / "scenario.yaml").exists():
-            raise UserError("not a run directory (no results.jsonl or scenario.yaml)", where=str(path))
+            raise UserError(
+                "not a run directory (no results.jsonl or scenario.yaml)", where=str(path)
+            )
         return cls(path)
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 from llmbench.environment import collect
 from llmbench.hardware import Accelerator, detect
 from llmbench.launch.base import Launcher
+from llmbench.ops import ops_for
 from llmbench.progress import LiveProgress
 from llmbench.report.console import comparison_table
 from llmbench.report.frame import results_frame
@@ -23,7 +24,10 @@ EXIT_OK, EXIT_CASE_ERRORED, EXIT_INTERRUPTED = 0, 2, 130
 
 def dry_run_table(scenario: Scenario, cases: list[Case]) -> Table:
     swept = scenario.swept
-    table = Table(title=f"{scenario.name}: {len(cases)} cases × {scenario.run.repeats} repeat(s)", header_style="bold")
+    table = Table(
+        title=f"{scenario.name}: {len(cases)} cases × {scenario.run.repeats} repeat(s)",
+        header_style="bold",
+    )
     table.add_column("#", justify="right")
     table.add_column("case id")
     table.add_column("label")
@@ -57,7 +61,19 @@ def prepare_environment(accel: Accelerator) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def run_sweep(scenario: Scenario, cases: list[Case], console: Console, resume: Path | None = None, output_dir: Path | None = None) -> int:
+def _op_text(name: str, info: dict) -> str:
+    if info.get("error"):
+        return f"{info.get('op', name)} unavailable ({info['error']})"
+    return f"{info['op']} {info['seconds']:.1f} s"
+
+
+def run_sweep(
+    scenario: Scenario,
+    cases: list[Case],
+    console: Console,
+    resume: Path | None = None,
+    output_dir: Path | None = None,
+) -> int:
     accel = detect(scenario.run.device)
     if resume is not None:
         run_dir = RunDir.open(resume)
@@ -75,8 +91,20 @@ def run_sweep(scenario: Scenario, cases: list[Case], console: Console, resume: P
     launcher = make_launcher(scenario, accel)
     interrupted = False
     try:
+        if pending:
+            ops = launcher.build_ops(
+                ops_for([p.case for p in pending], accel.kind),
+                run_dir.path / "ops.json",
+                scenario.run.timeout_s,
+            )
+            console.print(
+                "DeepSpeed ops: " + ", ".join(_op_text(name, info) for name, info in ops.items()),
+                highlight=False,
+            )
         with LiveProgress(console, len(pending)) as progress:
-            runner = Runner(run_dir, scenario.run, accel, launcher, scenario.name, observer=progress)
+            runner = Runner(
+                run_dir, scenario.run, accel, launcher, scenario.name, observer=progress
+            )
             runner.run_all(pending)
     except KeyboardInterrupt:
         interrupted = True
@@ -84,13 +112,18 @@ def run_sweep(scenario: Scenario, cases: list[Case], console: Console, resume: P
         launcher.close()
     results = run_dir.results()
     if results:
-        console.print(comparison_table(results_frame(results), title=f"{scenario.name} — {run_dir.run_id}"))
+        console.print(
+            comparison_table(results_frame(results), title=f"{scenario.name} — {run_dir.run_id}")
+        )
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     console.print(f"results: {run_dir.results_path} ({summary or 'none'})", highlight=False)
     if interrupted:
-        console.print(f"[yellow]interrupted[/]: finished cases are kept; continue with  llmbench run {scenario.source} --resume {run_dir.path}", highlight=False)
+        console.print(
+            f"[yellow]interrupted[/]: finished cases are kept; continue with  llmbench run {scenario.source} --resume {run_dir.path}",
+            highlight=False,
+        )
         return EXIT_INTERRUPTED
     return EXIT_CASE_ERRORED if any(r.status in ("error", "timeout") for r in results) else EXIT_OK

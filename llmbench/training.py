@@ -23,7 +23,13 @@ def build_training_model(spec: CaseSpec, ds_config: dict[str, Any], device: torc
     """The task model with random weights, built the way DeepSpeed wants it for the stage."""
     import deepspeed
 
-    config = hf_config(spec.model.family, spec.dims(), spec.task, spec.training.num_labels, spec.model.attn_implementation)
+    config = hf_config(
+        spec.model.family,
+        spec.dims(),
+        spec.task,
+        spec.training.num_labels,
+        spec.model.attn_implementation,
+    )
     if spec.deepspeed.zero_stage == 3:
         # ZeRO-3 partitions each parameter as it is created, so a model larger
         # than one device's memory can be built at all.
@@ -35,11 +41,15 @@ def build_training_model(spec: CaseSpec, ds_config: dict[str, Any], device: torc
     if ckpt == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif ckpt == "selective":
-        raise Unsupported(f"selective activation checkpointing is not implemented for {spec.model.family}")
+        raise Unsupported(
+            f"selective activation checkpointing is not implemented for {spec.model.family}"
+        )
     return model
 
 
-def build_batches(spec: CaseSpec, micro_batch: int, count: int, dp_rank: int) -> list[dict[str, torch.Tensor]]:
+def build_batches(
+    spec: CaseSpec, micro_batch: int, count: int, dp_rank: int
+) -> list[dict[str, torch.Tensor]]:
     dims = spec.dims()
     return synthetic_batches(
         spec.task,

@@ -15,6 +15,7 @@ statistics are computed later in one place (metrics.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -95,7 +96,12 @@ def topology(rank: int, tp: int, pp: int, world_size: int) -> dict[str, int]:
     one tensor-parallel group are consecutive and share a data index.
     """
     dp = world_size // (tp * pp)
-    return {"tp_rank": rank % tp, "dp_rank": (rank // tp) % dp, "pp_stage": rank // (tp * dp), "dp": dp}
+    return {
+        "tp_rank": rank % tp,
+        "dp_rank": (rank // tp) % dp,
+        "pp_stage": rank // (tp * dp),
+        "dp": dp,
+    }
 
 
 def run_rank(task: RankTask) -> RankRecord:
@@ -124,9 +130,8 @@ def run_rank(task: RankTask) -> RankRecord:
 
 def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     t_init = time.perf_counter()
-    import torch
-
     import deepspeed
+    import torch
     from deepspeed.accelerator import get_accelerator
 
     from llmbench.models import count_parameters
@@ -151,7 +156,9 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     device = torch.device("cuda", local_rank) if task.device == "cuda" else torch.device("cpu")
     model = build_training_model(spec, task.ds_config, device)
     record.parameters = count_parameters(model).to_dict()
-    topo = record.topology = topology(record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size)
+    topo = record.topology = topology(
+        record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size
+    )
     n_batches = (spec.training.warmup_steps + spec.training.steps) * spec.training.grad_accum
     batches = build_batches(spec, task.micro_batch, n_batches, topo["dp_rank"])
 
@@ -194,14 +201,15 @@ def _reset_peaks(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
     else:
         # Linux: writing 5 resets the process's peak RSS (VmHWM) to its current RSS
-        try:
+        with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
 
 
 def _memory(device: str) -> dict[str, int | None]:
-    mem: dict[str, int | None] = {"rss_peak_bytes": _proc_status_bytes("VmHWM"), "rss_bytes": _proc_status_bytes("VmRSS")}
+    mem: dict[str, int | None] = {
+        "rss_peak_bytes": _proc_status_bytes("VmHWM"),
+        "rss_bytes": _proc_status_bytes("VmRSS"),
+    }
     if mem["rss_peak_bytes"] is None:
         mem["rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device == "cuda":
@@ -235,7 +243,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m llmbench.worker TASK_JSON`` (launchers that start fresh interpreters)."""
-    args = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--local_rank")]
+    args = [
+        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--local_rank")
+    ]
     if len(args) != 1:
         print("usage: python -m llmbench.worker TASK_JSON", file=sys.stderr)
         return 2

@@ -34,7 +34,9 @@ def synthetic_batches(
     return batches
 
 
-def make_batch(task: str, ids: torch.Tensor, vocab_size: int, gen: torch.Generator, num_labels: int) -> dict[str, torch.Tensor]:
+def make_batch(
+    task: str, ids: torch.Tensor, vocab_size: int, gen: torch.Generator, num_labels: int
+) -> dict[str, torch.Tensor]:
     """Inputs and labels of ``task`` for a block of token ids."""
     if task == "causal-lm":
         return {"input_ids": ids, "labels": ids.clone()}
@@ -42,7 +44,9 @@ def make_batch(task: str, ids: torch.Tensor, vocab_size: int, gen: torch.Generat
         masked = torch.rand(ids.shape, generator=gen) < MASK_FRACTION
         masked[:, 0] |= ~masked.any(dim=1)  # at least one target per row keeps the loss defined
         labels = torch.where(masked, ids, torch.full_like(ids, -100))
-        inputs = torch.where(masked, torch.full_like(ids, vocab_size - 1), ids)  # last id plays [MASK]
+        inputs = torch.where(
+            masked, torch.full_like(ids, vocab_size - 1), ids
+        )  # last id plays [MASK]
         return {"input_ids": inputs, "labels": labels}
     if task == "sequence-classification":
         labels = torch.randint(0, num_labels, (ids.shape[0],), generator=gen)

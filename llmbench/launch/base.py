@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -36,10 +37,8 @@ def die_with_parent() -> None:
 
 
 def kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @dataclass
@@ -71,6 +70,10 @@ class Launcher(ABC):
     @abstractmethod
     def start(self, case_dir: Path, world_size: int, env: dict[str, str]) -> CaseProcess:
         """Start every rank of the case whose task.json is in ``case_dir``."""
+
+    @abstractmethod
+    def build_ops(self, names: list[str], out: Path, timeout_s: float) -> dict:
+        """Build DeepSpeed JIT ops where the ranks will run; per-op seconds or errors."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release anything the launcher keeps between cases."""

@@ -17,6 +17,7 @@ then kills them so a crash never turns into a hang in a collective:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -60,7 +61,11 @@ def lead_case(case_dir: str, world_size: int, env: dict[str, str], start_method:
     children: dict[int, int] = {}
     for rank in range(world_size):
         env_r = rank_env(env, rank, world_size)
-        pid = _fork_rank(case_dir, rank, env_r) if start_method == "fork" else _spawn_rank(case_dir, rank, env_r)
+        pid = (
+            _fork_rank(case_dir, rank, env_r)
+            if start_method == "fork"
+            else _spawn_rank(case_dir, rank, env_r)
+        )
         children[pid] = rank
     exit_codes = _supervise(children)
     (Path(case_dir) / "leader.json").write_text(json.dumps({"exit_codes": exit_codes}))
@@ -94,14 +99,14 @@ def _supervise(children: dict[int, int]) -> dict[str, int]:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _log_fd(case_dir: str, rank: int) -> int:
-    return os.open(Path(case_dir) / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    return os.open(
+        Path(case_dir) / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+    )
 
 
 def _fork_rank(case_dir: str, rank: int, env: dict[str, str]) -> int:
@@ -147,12 +152,46 @@ class LocalLauncher(Launcher):
 
     def start(self, case_dir: Path, world_size: int, env: dict[str, str]) -> CaseProcess:
         if self._ctx is not None:
-            proc = self._ctx.Process(target=_lead_and_exit, args=(str(case_dir), world_size, env, "fork"), daemon=False)
+            proc = self._ctx.Process(
+                target=_lead_and_exit, args=(str(case_dir), world_size, env, "fork"), daemon=False
+            )
             proc.start()
             return CaseProcess(pid=proc.pid, poll_fn=lambda: proc.exitcode)
-        argv = [sys.executable, "-m", "llmbench.launch.local", str(case_dir), str(world_size), json.dumps(env)]
+        argv = [
+            sys.executable,
+            "-m",
+            "llmbench.launch.local",
+            str(case_dir),
+            str(world_size),
+            json.dumps(env),
+        ]
         popen = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
         return CaseProcess(pid=popen.pid, poll_fn=popen.poll)
+
+    def build_ops(self, names: list[str], out: Path, timeout_s: float) -> dict:
+        from llmbench.ops import build_ops_to_file
+
+        if self._ctx is not None:
+            proc = self._ctx.Process(target=build_ops_to_file, args=(names, str(out)))
+            proc.start()
+            proc.join(timeout_s)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join()
+        else:
+            with out.open("w") as fh:
+                subprocess.run(
+                    [sys.executable, "-m", "llmbench.ops", *names],
+                    stdout=fh,
+                    timeout=timeout_s,
+                    check=False,
+                )
+        try:
+            return json.loads(out.read_text())
+        except (OSError, ValueError):
+            return {
+                name: {"seconds": None, "error": "the op build did not finish"} for name in names
+            }
 
 
 if __name__ == "__main__":

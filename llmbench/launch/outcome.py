@@ -13,9 +13,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-_OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc|Cannot allocate memory", re.I)
+_OOM = re.compile(
+    r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc|Cannot allocate memory",
+    re.I,
+)
 _UNSUPPORTED = re.compile(r"not supported|unsupported|not implemented|NotImplementedError", re.I)
-_COMM_ECHO = re.compile(r"gloo|nccl|connection (closed|reset)|broken pipe|timed out|store|socket|peer", re.I)
+_COMM_ECHO = re.compile(
+    r"gloo|nccl|connection (closed|reset)|broken pipe|timed out|store|socket|peer", re.I
+)
 _MEANINGFUL = re.compile(r"(Error|Exception|error:|Killed|Traceback)", re.I)
 _NOISE = re.compile(r"warn|deprecat|FutureWarning|UserWarning", re.I)
 
@@ -43,7 +48,11 @@ def _priority(record: dict[str, Any]) -> tuple[int, int]:
 def _reason(record: dict[str, Any]) -> str:
     message = (record.get("error") or "").strip().splitlines()
     first = next((line.strip() for line in message if line.strip()), "")
-    text = f"{record.get('error_type')}: {first}" if first and record.get("error_type") not in ("Unsupported",) else first
+    text = (
+        f"{record.get('error_type')}: {first}"
+        if first and record.get("error_type") not in ("Unsupported",)
+        else first
+    )
     return _clip(f"rank {record['rank']}: {text or record.get('error_type')}")
 
 
@@ -72,7 +81,9 @@ def classify(
 ) -> tuple[str, str | None]:
     """The status and reason of a finished (or killed) case."""
     if timed_out:
-        return "timeout", f"killed after {timeout_s:g} s" + (f" during {last_phase}" if last_phase else "")
+        return "timeout", f"killed after {timeout_s:g} s" + (
+            f" during {last_phase}" if last_phase else ""
+        )
     failed = [r for r in records if r is not None and r.get("status") != "ok"]
     if failed:
         first = min(failed, key=_priority)
@@ -84,12 +95,19 @@ def classify(
     rank = missing[0]
     code = leader.get(str(rank))
     if code is not None and code < 0:
-        sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        sig = (
+            signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        )
         if -code == signal.SIGKILL:
-            return "oom", f"rank {rank} was killed by SIGKILL without writing a result (most often the kernel's OOM killer)"
+            return (
+                "oom",
+                f"rank {rank} was killed by SIGKILL without writing a result (most often the kernel's OOM killer)",
+            )
         return "error", f"rank {rank} died from {sig}"
     line = last_meaningful_line(case_dir / f"rank{rank}.log")
-    return "error", _clip(f"rank {rank} exited ({code}) without a result" + (f": {line}" if line else ""))
+    return "error", _clip(
+        f"rank {rank} exited ({code}) without a result" + (f": {line}" if line else "")
+    )
 
 
 def _read_exit_codes(case_dir: Path) -> dict[str, int]:

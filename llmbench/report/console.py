@@ -9,7 +9,14 @@ from rich.text import Text
 from llmbench.report import fmt
 from llmbench.report.frame import per_case, swept_columns
 
-STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "timeout": "red", "unsupported": "yellow", "skipped": "dim"}
+STATUS_STYLE = {
+    "ok": "green",
+    "oom": "red",
+    "error": "red",
+    "timeout": "red",
+    "unsupported": "yellow",
+    "skipped": "dim",
+}
 
 
 def short(column: str) -> str:
@@ -31,12 +38,22 @@ def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
     table.add_column("p10–p90", justify="right")
     table.add_column("peak mem", justify="right")
     table.add_column("reason", overflow="fold", max_width=60)
-    best = frame.loc[frame["status"] == "ok", "tokens_per_s"].max() if "tokens_per_s" in frame else None
+    best = (
+        frame.loc[frame["status"] == "ok", "tokens_per_s"].max()
+        if "tokens_per_s" in frame
+        else None
+    )
     for _, row in frame.iterrows():
         status = str(row["status"])
         tokens = row.get("tokens_per_s")
-        tokens_text = Text(fmt.rate(tokens), style="bold green" if best is not None and tokens == best else "")
-        spread = f"{fmt.seconds(row.get('step_time_s_p10'))}–{fmt.seconds(row.get('step_time_s_p90'))}" if status == "ok" else "–"
+        tokens_text = Text(
+            fmt.rate(tokens), style="bold green" if best is not None and tokens == best else ""
+        )
+        spread = (
+            f"{fmt.seconds(row.get('step_time_s_p10'))}–{fmt.seconds(row.get('step_time_s_p90'))}"
+            if status == "ok"
+            else "–"
+        )
         table.add_row(
             *[str(row[c]) for c in swept or ["label"]],
             Text(status, style=STATUS_STYLE.get(status, "")),

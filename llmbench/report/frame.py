@@ -46,7 +46,10 @@ def results_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
             continue
         if frame[column].dtype == object:
             converted = pd.to_numeric(frame[column], errors="coerce")
-            if converted.notna().sum() == frame[column].notna().sum() and frame[column].map(lambda v: not isinstance(v, (str, bool))).all():
+            if (
+                converted.notna().sum() == frame[column].notna().sum()
+                and frame[column].map(lambda v: not isinstance(v, (str, bool))).all()
+            ):
                 frame[column] = converted
     for column in ("started_at", "ended_at"):
         frame[column] = pd.to_datetime(frame[column], errors="coerce", utc=True)
@@ -79,7 +82,9 @@ def per_case(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty or frame["repeat"].nunique() <= 1:
         return frame
     keys = ["run_id", "case_id"]
-    numeric = [c for c in frame.select_dtypes("number").columns if c != "repeat" and c not in CASE_KEYS]
+    numeric = [
+        c for c in frame.select_dtypes("number").columns if c != "repeat" and c not in CASE_KEYS
+    ]
     first = frame.groupby(keys, sort=False, observed=True).first()
     first[numeric] = frame.groupby(keys, sort=False, observed=True)[numeric].median()
     first["repeats"] = frame.groupby(keys, sort=False, observed=True).size()

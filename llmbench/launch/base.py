@@ -43,25 +43,28 @@ def kill_group(pgid: int) -> None:
 
 @dataclass
 class CaseProcess:
-    """A running case: its leader's pid, which is also the process group of every rank."""
+    """A running case, as the runner sees it whatever started it."""
 
-    pid: int
     poll_fn: Callable[[], int | None]
+    """The case's exit code once it has ended (0: every rank ok), else None."""
+    kill_fn: Callable[[], None]
+    """Stop every process of the case at once; harmless when they are already gone."""
+    pid: int | None = None
+    """Local root of the case's process tree, which samplers watch; None when the case runs elsewhere."""
 
     def poll(self) -> int | None:
-        """The leader's exit code once it has exited, else None."""
         return self.poll_fn()
 
     def kill(self, reap_s: float = 10.0) -> None:
-        """SIGKILL the whole group and wait for the leader to be reaped."""
-        kill_group(self.pid)
+        """Kill the whole case and wait (briefly) until it is reaped."""
+        self.kill_fn()
         deadline = time.monotonic() + reap_s
         while self.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def cleanup(self) -> None:
-        """Kill anything still in the group after the leader exited (a stray grandchild)."""
-        kill_group(self.pid)
+        """After the case ended: kill anything left behind (a stray grandchild)."""
+        self.kill_fn()
 
 
 class Launcher(ABC):

@@ -25,9 +25,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from llmbench.launch.base import CaseProcess, Launcher, die_with_parent
+from llmbench.launch.base import CaseProcess, Launcher, die_with_parent, kill_group
 
 FAIL_GRACE_S = 5.0
 PRELOAD = [
@@ -138,6 +139,11 @@ def _spawn_rank(case_dir: str, rank: int, env: dict[str, str]) -> int:
     return os.posix_spawn(sys.executable, argv, {**os.environ, **env}, file_actions=actions)
 
 
+def _group(leader: int, poll: Callable[[], int | None]) -> CaseProcess:
+    """The leader called setsid, so its pid names the process group of every rank."""
+    return CaseProcess(poll_fn=poll, kill_fn=lambda: kill_group(leader), pid=leader)
+
+
 class LocalLauncher(Launcher):
     """Runs each case's ranks on this machine; see the module docstring for the two modes."""
 
@@ -156,7 +162,7 @@ class LocalLauncher(Launcher):
                 target=_lead_and_exit, args=(str(case_dir), world_size, env, "fork"), daemon=False
             )
             proc.start()
-            return CaseProcess(pid=proc.pid, poll_fn=lambda: proc.exitcode)
+            return _group(proc.pid, lambda: proc.exitcode)
         argv = [
             sys.executable,
             "-m",
@@ -166,7 +172,7 @@ class LocalLauncher(Launcher):
             json.dumps(env),
         ]
         popen = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
-        return CaseProcess(pid=popen.pid, poll_fn=popen.poll)
+        return _group(popen.pid, popen.poll)
 
     def build_ops(self, names: list[str], out: Path, timeout_s: float) -> dict:
         from llmbench.ops import build_ops_to_file

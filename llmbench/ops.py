@@ -59,4 +59,4 @@ def build_ops_to_file(names: list[str], path: str) -> None:
 
 
 if __name__ == "__main__":
-    json.dump(build_ops(sys.argv[1:]), sys.stdout)
+    print(json.dumps(build_ops(sys.argv[1:])))

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -198,7 +198,11 @@ CHECKS = ("loss_parity",)
 
 
 def _fields(section: type[BaseModel]) -> dict[str, Any]:
-    return {name: f.annotation for name, f in section.model_fields.items()}
+    """Field types with their constraints (pydantic keeps ``gt=0`` and the like in metadata)."""
+    return {
+        name: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        for name, f in section.model_fields.items()
+    }
 
 
 CASE_KEYS: dict[str, Any] = {
@@ -344,10 +348,12 @@ class Scenario:
         cases: dict[str, Case] = {}
         swept = self.swept
         for combo in itertools.product(*(a.values for a in self.axes)):
-            flat = {**self.base, **{a.key: v for a, v in zip(self.axes, combo, strict=False)}}
+            flat = {**self.base, **{a.key: v for a, v in zip(self.axes, combo, strict=True)}}
+            # excluded before validation: exclude rules are how users prune impossible combinations
+            if any(rule.matches({**CASE_DEFAULTS, **flat}) for rule in self.exclude):
+                continue
             case = self._build(flat, swept)
-            if not any(rule.matches(case.params) for rule in self.exclude):
-                cases.setdefault(case.id, case)
+            cases.setdefault(case.id, case)
         for rule in self.include:
             keys = list(rule.values)
             for combo in itertools.product(*(rule.values[k] for k in keys)):

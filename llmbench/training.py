@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -19,10 +18,16 @@ class Unsupported(Exception):
     """The case asks for something this model or machine cannot do; not a crash."""
 
 
-def build_training_model(spec: CaseSpec, ds_config: dict[str, Any], device: torch.device):
-    """The task model with random weights, built the way DeepSpeed wants it for the stage."""
-    import deepspeed
+def build_training_model(spec: CaseSpec):
+    """The task model with random weights, always built on the CPU from the seeded CPU RNG.
 
+    Building on the host makes the initial weights identical for every ZeRO
+    stage, rank count and device, which is what makes loss-parity checks
+    meaningful; DeepSpeed then moves (or, for ZeRO-3, partitions) the weights
+    onto the accelerator. Building under ``deepspeed.zero.Init`` instead skips
+    transformers' weight initialisation (losses start near 80 instead of
+    ln(vocab) with transformers 5 / deepspeed 0.19), so it is not used.
+    """
     config = hf_config(
         spec.model.family,
         spec.dims(),
@@ -30,13 +35,7 @@ def build_training_model(spec: CaseSpec, ds_config: dict[str, Any], device: torc
         spec.training.num_labels,
         spec.model.attn_implementation,
     )
-    if spec.deepspeed.zero_stage == 3:
-        # ZeRO-3 partitions each parameter as it is created, so a model larger
-        # than one device's memory can be built at all.
-        with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            model = build_model(config, spec.task, device)
-    else:
-        model = build_model(config, spec.task, device)
+    model = build_model(config, spec.task, "cpu")
     ckpt = spec.deepspeed.activation_checkpointing
     if ckpt == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

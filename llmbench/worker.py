@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 PHASES = ("init", "warmup", "measure", "teardown")
+# Synthetic batches are generated before timing and cycled; a bounded pool keeps
+# start-up and memory independent of the step count.
+SYNTHETIC_POOL = 256
 
 
 @dataclass
@@ -75,7 +78,7 @@ class RankRecord:
 
 
 class PhaseLog:
-    """Appends ``{"phase", "t"}`` lines as phases change (never inside a timed step)."""
+    """Appends ``{"phase", "t", "pid"}`` lines as phases change (never inside a timed step)."""
 
     def __init__(self, path: Path, record: RankRecord):
         self._file = path.open("a", buffering=1)
@@ -83,7 +86,7 @@ class PhaseLog:
 
     def __call__(self, phase: str) -> None:
         self._record.phase = phase
-        self._file.write(json.dumps({"phase": phase, "t": time.time()}) + "\n")
+        self._file.write(json.dumps({"phase": phase, "t": time.time(), "pid": os.getpid()}) + "\n")
 
     def close(self) -> None:
         self._file.close()
@@ -153,14 +156,13 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=task.timeout_s))
 
     torch.manual_seed(spec.training.seed)  # identical initial weights on every rank
-    device = torch.device("cuda", local_rank) if task.device == "cuda" else torch.device("cpu")
-    model = build_training_model(spec, task.ds_config, device)
+    model = build_training_model(spec)
     record.parameters = count_parameters(model).to_dict()
     topo = record.topology = topology(
         record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size
     )
     n_batches = (spec.training.warmup_steps + spec.training.steps) * spec.training.grad_accum
-    batches = build_batches(spec, task.micro_batch, n_batches, topo["dp_rank"])
+    batches = build_batches(spec, task.micro_batch, min(n_batches, SYNTHETIC_POOL), topo["dp_rank"])
 
     engine, *_ = deepspeed.initialize(
         model=model,

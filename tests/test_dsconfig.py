@@ -1,0 +1,65 @@
+"""Case → DeepSpeed config."""
+
+from __future__ import annotations
+
+from llmbench.dsconfig import deep_merge, deepspeed_config
+from llmbench.scenario import CaseSpec
+
+
+def spec(**sections) -> CaseSpec:
+    return CaseSpec.model_validate(sections)
+
+
+def test_batch_sizes_follow_data_parallel_degree():
+    cfg = deepspeed_config(
+        spec(training={"grad_accum": 2}, parallel={"world_size": 4, "tp": 2}), micro_batch=3
+    )
+    assert cfg["train_micro_batch_size_per_gpu"] == 3
+    assert cfg["gradient_accumulation_steps"] == 2
+    assert cfg["train_batch_size"] == 3 * 2 * 2  # dp = 4 / tp 2
+    assert cfg["tensor_parallel"] == {"autotp_size": 2}
+
+
+def test_precision_and_zero_and_offload():
+    cfg = deepspeed_config(
+        spec(
+            deepspeed={
+                "zero_stage": 3,
+                "precision": "fp16",
+                "offload_param": "cpu",
+                "offload_optimizer": "cpu",
+                "overlap_comm": True,
+            }
+        ),
+        1,
+    )
+    assert cfg["fp16"]["enabled"] and "bf16" not in cfg
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == 3 and zero["overlap_comm"] is True
+    assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
+    assert "reduce_bucket_size" not in zero  # unset knobs keep DeepSpeed's defaults
+    fp32 = deepspeed_config(spec(deepspeed={"precision": "fp32"}), 1)
+    assert "fp16" not in fp32 and "bf16" not in fp32
+
+
+def test_raw_config_is_merged_last():
+    cfg = deepspeed_config(
+        spec(
+            deepspeed={
+                "zero_stage": 2,
+                "config": {
+                    "zero_optimization": {"reduce_bucket_size": 10},
+                    "gradient_clipping": 0.5,
+                },
+            }
+        ),
+        1,
+    )
+    assert cfg["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 10}
+    assert cfg["gradient_clipping"] == 0.5
+
+
+def test_deep_merge_does_not_mutate():
+    base = {"a": {"b": 1}}
+    merged = deep_merge(base, {"a": {"c": 2}})
+    assert merged == {"a": {"b": 1, "c": 2}} and base == {"a": {"b": 1}}

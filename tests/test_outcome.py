@@ -1,0 +1,74 @@
+"""How a finished or killed case is classified."""
+
+from __future__ import annotations
+
+import json
+
+from llmbench.launch.outcome import classify, classify_error
+
+
+def rec(rank, status="ok", error_type=None, error=None):
+    return {"rank": rank, "status": status, "error_type": error_type, "error": error}
+
+
+def test_deepspeed_refusals_are_unsupported():
+    assert (
+        classify_error("ValueError", "Type fp16 is not supported on your device.") == "unsupported"
+    )
+    assert (
+        classify_error("Unsupported", "selective checkpointing is not implemented") == "unsupported"
+    )
+
+
+def test_oom_patterns():
+    assert (
+        classify_error("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB")
+        == "oom"
+    )
+    assert (
+        classify_error(
+            "RuntimeError",
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes. Cannot allocate memory",
+        )
+        == "oom"
+    )
+    assert classify_error("RuntimeError", "shape mismatch") == "error"
+
+
+def test_root_cause_beats_the_collective_echo(tmp_path):
+    records = [
+        rec(
+            0,
+            "error",
+            "RuntimeError",
+            "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer",
+        ),
+        rec(1, "error", "KeyError", "'NoSuchOptimizer'"),
+    ]
+    status, reason = classify(tmp_path, records, timed_out=False, timeout_s=10, last_phase=None)
+    assert status == "error" and reason == "rank 1: KeyError: 'NoSuchOptimizer'"
+
+
+def test_timeout_names_the_phase(tmp_path):
+    status, reason = classify(
+        tmp_path, [None, None], timed_out=True, timeout_s=8, last_phase="measure"
+    )
+    assert (status, reason) == ("timeout", "killed after 8 s during measure")
+
+
+def test_a_rank_killed_without_a_record(tmp_path):
+    (tmp_path / "leader.json").write_text(json.dumps({"exit_codes": {"0": 0, "1": -9}}))
+    status, reason = classify(
+        tmp_path, [rec(0), None], timed_out=False, timeout_s=10, last_phase=None
+    )
+    assert status == "oom" and "SIGKILL" in reason
+    (tmp_path / "leader.json").write_text(json.dumps({"exit_codes": {"0": 0, "1": 3}}))
+    (tmp_path / "rank1.log").write_text("UserWarning: something\nValueError: bad thing happened\n")
+    status, reason = classify(
+        tmp_path, [rec(0), None], timed_out=False, timeout_s=10, last_phase=None
+    )
+    assert status == "error" and reason.endswith("ValueError: bad thing happened")
+
+
+def test_all_ok(tmp_path):
+    assert classify(tmp_path, [rec(0), rec(1)], False, 10, None) == ("ok", None)

@@ -109,3 +109,38 @@ def recompute_flops_per_token(
     if checkpointing == "selective":
         return attention_forward
     return 0.0
+
+
+def flops_metrics(
+    tokens_per_s: float | None,
+    world_size: int,
+    model_flops_per_token: float,
+    hardware_flops_per_token: float,
+    peak_flops_per_device: float | None,
+    no_peak_reason: str | None,
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Achieved TFLOP/s per device and MFU/HFU (model vs hardware FLOPs, PaLM's definitions).
+
+    MFU counts only the FLOPs the model needs (6·N + attention); HFU also
+    counts what activation recomputation re-executes, so HFU ≥ MFU.
+    """
+    values: dict[str, float | None] = {
+        "flops_per_token": model_flops_per_token,
+        "hardware_flops_per_token": hardware_flops_per_token,
+    }
+    reasons: dict[str, str] = {}
+    if tokens_per_s is None:
+        for key in ("tflops_per_s_per_device", "hardware_tflops_per_s_per_device", "mfu", "hfu"):
+            values[key] = None
+            reasons[key] = "no throughput measured"
+        return values, reasons
+    per_device = tokens_per_s / world_size
+    values["tflops_per_s_per_device"] = per_device * model_flops_per_token / 1e12
+    values["hardware_tflops_per_s_per_device"] = per_device * hardware_flops_per_token / 1e12
+    if peak_flops_per_device:
+        values["mfu"] = per_device * model_flops_per_token / peak_flops_per_device
+        values["hfu"] = per_device * hardware_flops_per_token / peak_flops_per_device
+    else:
+        values["mfu"] = values["hfu"] = None
+        reasons["mfu"] = reasons["hfu"] = no_peak_reason or "unknown peak FLOP/s"
+    return values, reasons

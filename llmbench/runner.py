@@ -16,13 +16,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import pandas as pd
+
 from llmbench.dsconfig import deepspeed_config
-from llmbench.hardware import Accelerator
+from llmbench.hardware import Accelerator, gpu_spec
 from llmbench.launch.base import CaseProcess, Launcher, free_port
 from llmbench.launch.outcome import classify
-from llmbench.metrics import StepShape, slowest_rank_per_step, step_stats, throughput
+from llmbench.metrics import (
+    StepShape,
+    flops_metrics,
+    recompute_flops_per_token,
+    slowest_rank_per_step,
+    step_stats,
+    throughput,
+    training_flops_per_token,
+)
 from llmbench.result import CaseResult, now_iso
-from llmbench.scenario import Case, RunSpec
+from llmbench.sampling import (
+    SamplerSet,
+    make_samplers,
+    read_phase_events,
+    save_timeline,
+    summarize,
+    tag_phases,
+)
+from llmbench.scenario import Case, CaseSpec, RunSpec
 from llmbench.store import RunDir
 from llmbench.worker import RankTask
 
@@ -137,8 +155,12 @@ class Runner:
         )
         task.save(case_dir / "task.json")
         env = rank_environment(self.accel, threads)
+        samplers = self._samplers(spec)
         t0 = time.monotonic()
         proc = self.launcher.start(case_dir, world_size, env)
+        watching = samplers is not None and proc.pid is not None
+        if watching:
+            samplers.start(proc.pid)
         try:
             timed_out, phase = self._wait(proc, case_dir, t0)
         except BaseException:  # Ctrl-C or SIGTERM: take the whole case down with us
@@ -146,6 +168,7 @@ class Runner:
             raise
         finally:
             proc.cleanup()
+            timeline = samplers.stop() if watching else None
         wall_s = time.monotonic() - t0
         records = [_read_record(case_dir / f"rank{r}.json") for r in range(world_size)]
         status, reason = classify(case_dir, records, timed_out, self.run.timeout_s, phase)
@@ -159,7 +182,23 @@ class Runner:
             world_size,
         )
         fill_metrics(result, records, shape, wall_s, self.accel.kind)
+        fill_flops(result, spec, records)
+        sampled_metrics(
+            result,
+            case_dir,
+            timeline,
+            samplers.unavailable if samplers else {"host": SAMPLING_OFF, "nvml": SAMPLING_OFF},
+        )
         return result
+
+    def _samplers(self, spec: CaseSpec) -> SamplerSet | None:
+        if not self.run.sampling:
+            return None
+        return make_samplers(
+            self.accel.kind,
+            self.run.sample_interval_s,
+            gpus=spec.parallel.world_size // spec.parallel.nodes,
+        )
 
     def _wait(self, proc: CaseProcess, case_dir: Path, t0: float) -> tuple[bool, str | None]:
         """Poll until the case ends or times out; report phase changes on the way."""
@@ -180,6 +219,74 @@ class Runner:
                         self.observer.case_phase(phase)
             time.sleep(POLL_S)
         return False, current_phase(case_dir)
+
+
+def fill_flops(result: CaseResult, spec: CaseSpec, records: list[dict[str, Any] | None]) -> None:
+    """FLOPs per token from the exact parameter count; TFLOP/s, MFU and HFU from the throughput."""
+    params = next((r["parameters"] for r in records if r and r.get("parameters")), None)
+    if params is None:
+        return
+    dims = spec.dims()
+    seq = spec.training.seq_len
+    model = training_flops_per_token(params["flops_params"], dims.num_layers, dims.hidden_size, seq)
+    extra = recompute_flops_per_token(
+        params["flops_params"],
+        dims.num_layers,
+        dims.hidden_size,
+        seq,
+        spec.deepspeed.activation_checkpointing,
+    )
+    device = (
+        next((r.get("device_name") for r in records if r and r.get("device_name")), None)
+        or "unknown device"
+    )
+    peak, why = peak_flops(device, spec.deepspeed.precision)
+    values, reasons = flops_metrics(
+        result.metrics.get("tokens_per_s"),
+        spec.parallel.world_size,
+        model,
+        model + extra,
+        peak,
+        why,
+    )
+    for name, value in values.items():
+        result.set_metric(name, value, reasons.get(name))
+
+
+def peak_flops(device_name: str, precision: str) -> tuple[float | None, str | None]:
+    """Dense peak FLOP/s of one device in the case's matmul precision, or why it is unknown."""
+    if device_name == "cpu":
+        return None, "no peak FLOP/s figure for CPUs"
+    gpu = gpu_spec(device_name)
+    if gpu is None:
+        return None, f"{device_name!r} is not in llmbench's GPU table (llmbench/hardware.py)"
+    peak = gpu.peak(precision)
+    return (peak, None) if peak else (None, f"{gpu.name} has no {precision} peak")
+
+
+SAMPLING_OFF = "sampling off (run.sampling: false)"
+
+
+def sampled_metrics(
+    result: CaseResult, case_dir: Path, timeline: pd.DataFrame | None, unavailable: dict[str, str]
+) -> None:
+    """Tag the samples with the workers' phases, save them, and add the measure-phase summary."""
+    events = read_phase_events(case_dir)
+    if timeline is not None:
+        timeline = tag_phases(timeline, events)
+        save_timeline(timeline, case_dir / "timeline.csv")
+    else:
+        timeline = pd.DataFrame(columns=["t", "source", "device"])
+    values, reasons = summarize(
+        timeline,
+        events,
+        steps=len(result.step_times_s) or None,
+        tokens_per_step=result.metrics.get("tokens_per_step"),
+        unavailable=unavailable,
+        measure_s=result.metrics.get("measure_s"),
+    )
+    for name, value in values.items():
+        result.set_metric(name, value, reasons.get(name))
 
 
 def rank_environment(accel: Accelerator, threads: int) -> dict[str, str]:

@@ -182,6 +182,8 @@ class RunSpec(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     start_method: Literal["auto", "fork", "spawn"] = "auto"
     """fork: ranks are forked from a pre-imported server (fast); spawn: a fresh interpreter per rank."""
+    sampling: bool = True
+    """Sample host (and, on GPUs, NVML) figures while cases run; off only to measure the samplers' own cost."""
     sample_interval_s: PositiveFloat = 0.1
     threads_per_rank: PositiveInt | None = None
     """CPU threads per rank; None: the machine's cores divided among the ranks."""

@@ -66,6 +66,15 @@ def test_zero_stages_on_two_ranks_agree_in_fp32(write_scenario, tmp_path):
         assert m["tokens_per_step"] == 2 * 32 * 2
         assert m["peak_memory_bytes"] > 50 * 2**20
         assert len(r["ranks"]) == 2
+        # measurement fields (host sampler, FLOPs, nulls with reasons on a CPU)
+        assert m["params_total"] == 560_640 and m["flops_per_token"] > 6 * m["params_flops_params"]
+        assert m["tflops_per_s_per_device"] > 0
+        assert m["mfu"] is None and r["null_reasons"]["mfu"] == "no peak FLOP/s figure for CPUs"
+        assert m["energy_j"] is None and r["null_reasons"]["energy_j"] == "no GPU sampled on a cpu run"
+        rank_peaks = [rank["memory"]["rss_peak_bytes"] for rank in r["ranks"]]
+        assert m["host_tree_rss_peak_bytes"] >= 0.9 * sum(rank_peaks)  # the whole tree, both ranks
+        timeline = (run_dir / "cases" / r["case_id"] / "timeline.csv").read_text()
+        assert ",measure," in timeline
     reference = results[0]["losses"]
     assert reference[-1] < reference[0]  # it trains
     for r in results[1:]:

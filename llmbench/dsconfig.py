@@ -32,7 +32,8 @@ def deepspeed_config(spec: CaseSpec, micro_batch: int) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": tr.grad_accum,
-        "train_batch_size": micro_batch * tr.grad_accum * par.dp,
+        # train_batch_size is left for DeepSpeed to derive: with AutoTP its batch
+        # check runs before the TP groups exist and counts every rank as data parallel.
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": tr.lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},

@@ -31,3 +31,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return `` (did you mean X?)`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+class Unsupported(Exception):
+    """A case asks for something this model, library or machine cannot do.
+
+    Raised inside a rank; the case is recorded as ``unsupported`` with the
+    message as its reason, and the sweep goes on.
+    """

@@ -156,7 +156,13 @@ def hf_config(
     """Build the transformers config for a family with the given dimensions."""
     import transformers
 
-    common: dict[str, Any] = {"vocab_size": dims.vocab_size, "num_labels": num_labels}
+    # Dropout off, as in modern LLM pre-training: it also makes losses identical
+    # across parallel layouts, which loss-parity checks rely on. No KV cache: we only train.
+    common: dict[str, Any] = {
+        "vocab_size": dims.vocab_size,
+        "num_labels": num_labels,
+        "use_cache": False,
+    }
     if family == "gpt2":
         cfg = transformers.GPT2Config(
             n_layer=dims.num_layers,
@@ -165,6 +171,10 @@ def hf_config(
             n_inner=dims.intermediate_size,
             n_positions=dims.max_positions,
             tie_word_embeddings=dims.tie_embeddings,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            summary_first_dropout=0.0,
             # the stock ids (50256) fall outside small vocabularies
             bos_token_id=0,
             eos_token_id=0,
@@ -193,6 +203,9 @@ def hf_config(
             hidden_dim=dims.intermediate_size,
             max_position_embeddings=dims.max_positions,
             tie_word_embeddings=dims.tie_embeddings,
+            dropout=0.0,
+            attention_dropout=0.0,
+            seq_classif_dropout=0.0,
             pad_token_id=0,
             **common,
         )
@@ -204,6 +217,8 @@ def hf_config(
             intermediate_size=dims.intermediate_size,
             max_position_embeddings=dims.max_positions,
             tie_word_embeddings=dims.tie_embeddings,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
             pad_token_id=0,
             **common,
         )

@@ -3,31 +3,54 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from llmbench.data.synthetic import cycle, synthetic_batches
-from llmbench.models import build_model, hf_config
+from llmbench.errors import Unsupported
+from llmbench.models import FAMILIES, ParamCounts, build_model, count_parameters, hf_config
 from llmbench.scenario import CaseSpec
 
 StepFn = Callable[[], tuple[torch.Tensor, float]]
+SELECTIVE = "llmbench_selective_sdpa"
 
 
-class Unsupported(Exception):
-    """The case asks for something this model or machine cannot do; not a crash."""
+def _selective_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention whose core is recomputed in the backward pass.
+
+    Selective recomputation (Korthikanti et al. 2022) stores the block's
+    linear-layer activations but not the attention core's; this checkpoints
+    exactly the call the model makes through transformers' attention interface.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def core(q, k, v, mask):
+        return sdpa_attention_forward(module, q, k, v, mask, **kwargs)[0]
+
+    return checkpoint(core, query, key, value, attention_mask, use_reentrant=False), None
 
 
-def build_training_model(spec: CaseSpec):
-    """The task model with random weights, always built on the CPU from the seeded CPU RNG.
+def build_training_model(spec: CaseSpec) -> tuple[torch.nn.Module, ParamCounts]:
+    """The module DeepSpeed trains (the model, or this rank's pipeline stages) and the whole model's counts.
+
+    The model is built with random weights, always on the CPU from the seeded CPU RNG.
 
     Building on the host makes the initial weights identical for every ZeRO
-    stage, rank count and device, which is what makes loss-parity checks
-    meaningful; DeepSpeed then moves (or, for ZeRO-3, partitions) the weights
-    onto the accelerator. Building under ``deepspeed.zero.Init`` instead skips
-    transformers' weight initialisation (losses start near 80 instead of
-    ln(vocab) with transformers 5 / deepspeed 0.19), so it is not used.
+    stage, rank count, parallel layout and device, which is what makes
+    loss-parity checks meaningful; DeepSpeed then moves (or, for ZeRO-3,
+    partitions) the weights onto the accelerator. Building under
+    ``deepspeed.zero.Init`` instead skips transformers' weight initialisation
+    (losses start near 80 instead of ln(vocab) with transformers 5 /
+    deepspeed 0.19), so it is not used.
     """
+    par, ckpt = spec.parallel, spec.deepspeed.activation_checkpointing
+    family = FAMILIES[spec.model.family]
+    if par.tp > 1 and par.pp > 1:
+        raise Unsupported("AutoTP and pipeline parallelism together are not supported")
+    if par.pp > 1 and not family.pipeline:
+        raise Unsupported(f"llmbench has no pipeline split for {family.name}")
     config = hf_config(
         spec.model.family,
         spec.dims(),
@@ -36,14 +59,26 @@ def build_training_model(spec: CaseSpec):
         spec.model.attn_implementation,
     )
     model = build_model(config, spec.task, "cpu")
-    ckpt = spec.deepspeed.activation_checkpointing
+    counts = count_parameters(model)
+    if ckpt == "selective":
+        if spec.model.attn_implementation != "sdpa":
+            raise Unsupported(
+                "selective recomputation wraps SDPA attention; use model.attn_implementation: sdpa"
+            )
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(SELECTIVE, _selective_sdpa)
+        model.config._attn_implementation = SELECTIVE
+    if par.pp > 1:
+        from llmbench.pipeline import pipeline_module
+
+        every = 1 if ckpt == "full" else 0
+        return pipeline_module(
+            model, par.pp, spec.task, spec.model.attn_implementation, every
+        ), counts
     if ckpt == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif ckpt == "selective":
-        raise Unsupported(
-            f"selective activation checkpointing is not implemented for {spec.model.family}"
-        )
-    return model
+    return model, counts
 
 
 def build_batches(
@@ -62,23 +97,47 @@ def build_batches(
     )
 
 
+class _TimedSource:
+    """Yields batches and adds the time spent producing each one to ``seconds``."""
+
+    def __init__(
+        self, source: Iterator[dict[str, torch.Tensor]], device: torch.device, as_pair: bool
+    ):
+        self.source = source
+        self.device = device
+        self.as_pair = as_pair
+        self.seconds = 0.0
+
+    def __iter__(self) -> _TimedSource:
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.source).items()}
+        item = (batch["input_ids"], batch["labels"]) if self.as_pair else batch
+        self.seconds += time.perf_counter() - t0
+        return item
+
+
 def train_step(spec: CaseSpec, engine, batches: list[dict[str, torch.Tensor]]) -> StepFn:
     """One optimizer step (``grad_accum`` micro-batches); returns (loss, data seconds)."""
-    source = cycle(batches)
-    device = engine.device
+    pipelined = spec.parallel.pp > 1
+    source = _TimedSource(cycle(batches), engine.device, as_pair=pipelined)
     accum = spec.training.grad_accum
 
+    def pipeline_step() -> tuple[torch.Tensor, float]:
+        before = source.seconds
+        loss = engine.train_batch(data_iter=source)  # runs all grad_accum micro-batches
+        return loss.detach(), source.seconds - before
+
     def step() -> tuple[torch.Tensor, float]:
-        data_s = 0.0
+        before = source.seconds
         losses = []
         for _ in range(accum):
-            t0 = time.perf_counter()
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(source).items()}
-            data_s += time.perf_counter() - t0
-            loss = engine(**batch).loss
+            loss = engine(**next(source)).loss
             engine.backward(loss)
             engine.step()
             losses.append(loss.detach())
-        return (losses[0] if accum == 1 else torch.stack(losses).mean()), data_s
+        return (losses[0] if accum == 1 else torch.stack(losses).mean()), source.seconds - before
 
-    return step
+    return pipeline_step if pipelined else step

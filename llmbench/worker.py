@@ -137,7 +137,6 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     import torch
     from deepspeed.accelerator import get_accelerator
 
-    from llmbench.models import count_parameters
     from llmbench.scenario import CaseSpec
     from llmbench.training import build_batches, build_training_model, train_step
 
@@ -156,8 +155,8 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=task.timeout_s))
 
     torch.manual_seed(spec.training.seed)  # identical initial weights on every rank
-    model = build_training_model(spec)
-    record.parameters = count_parameters(model).to_dict()
+    model, counts = build_training_model(spec)
+    record.parameters = counts.to_dict()
     topo = record.topology = topology(
         record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size
     )

@@ -92,6 +92,7 @@ class Runner:
         launcher: Launcher,
         scenario_name: str,
         observer: SweepObserver | None = None,
+        data_dirs: dict[str, str] | None = None,
     ):
         self.run_dir = run_dir
         self.run = run
@@ -99,6 +100,8 @@ class Runner:
         self.launcher = launcher
         self.scenario_name = scenario_name
         self.observer = observer
+        self.data_dirs = data_dirs or {}
+        """Case id -> prepared corpus directory, for ``data: text`` cases."""
 
     def run_all(self, pending: list[PendingCase]) -> list[CaseResult]:
         results = []
@@ -152,6 +155,7 @@ class Runner:
             out_dir=str(case_dir),
             threads=threads,
             timeout_s=self.run.timeout_s,
+            data_dir=self.data_dirs.get(case.id),
         )
         task.save(case_dir / "task.json")
         env = rank_environment(self.accel, threads)

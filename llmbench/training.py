@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -82,12 +82,36 @@ def build_training_model(spec: CaseSpec) -> tuple[torch.nn.Module, ParamCounts]:
 
 
 def build_batches(
-    spec: CaseSpec, micro_batch: int, count: int, dp_rank: int
-) -> list[dict[str, torch.Tensor]]:
-    dims = spec.dims()
+    spec: CaseSpec,
+    micro_batch: int,
+    count: int,
+    dp_rank: int,
+    dp_size: int,
+    data_dir: str | None = None,
+) -> Sequence[dict[str, torch.Tensor]]:
+    """This rank's batches: synthetic ones generated now, or real text read lazily per step."""
+    if spec.training.data == "text":
+        from llmbench.data.corpus import PreparedCorpus
+        from llmbench.data.text import text_batches
+
+        if data_dir is None:
+            raise ValueError("a data: text case needs the prepared corpus directory")
+        prepared = PreparedCorpus.load(data_dir)
+        tr = spec.training
+        return text_batches(
+            prepared,
+            spec.task,
+            tr.seq_len,
+            micro_batch,
+            count,
+            tr.seed,
+            dp_rank,
+            dp_size,
+            tr.num_labels,
+        )
     return synthetic_batches(
         spec.task,
-        dims.vocab_size,
+        spec.dims().vocab_size,
         spec.training.seq_len,
         micro_batch,
         count,
@@ -119,7 +143,7 @@ class _TimedSource:
         return item
 
 
-def train_step(spec: CaseSpec, engine, batches: list[dict[str, torch.Tensor]]) -> StepFn:
+def train_step(spec: CaseSpec, engine, batches: Sequence[dict[str, torch.Tensor]]) -> StepFn:
     """One optimizer step (``grad_accum`` micro-batches); returns (loss, data seconds)."""
     pipelined = spec.parallel.pp > 1
     source = _TimedSource(cycle(batches), engine.device, as_pair=pipelined)

@@ -44,6 +44,8 @@ class RankTask:
     out_dir: str
     threads: int | None = None
     timeout_s: float = 600.0
+    data_dir: str | None = None
+    """The prepared corpus (``data: text``), tokenised by the parent before the case started."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -161,7 +163,11 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
         record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size
     )
     n_batches = (spec.training.warmup_steps + spec.training.steps) * spec.training.grad_accum
-    batches = build_batches(spec, task.micro_batch, min(n_batches, SYNTHETIC_POOL), topo["dp_rank"])
+    if spec.training.data == "synthetic":
+        n_batches = min(n_batches, SYNTHETIC_POOL)
+    batches = build_batches(
+        spec, task.micro_batch, n_batches, topo["dp_rank"], topo["dp"], task.data_dir
+    )
 
     engine, *_ = deepspeed.initialize(
         model=model,

@@ -7,7 +7,7 @@ requires.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -54,6 +54,6 @@ def make_batch(
     raise ValueError(f"unknown task {task!r}")
 
 
-def cycle(batches: list[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+def cycle(batches: Sequence[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
     while True:
         yield from batches

@@ -41,6 +41,7 @@ PRELOAD = [
     "transformers.models.bert.modeling_bert",
     "llmbench.worker",
     "llmbench.training",
+    "llmbench.data.text",
 ]
 
 

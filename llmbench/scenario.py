@@ -191,6 +191,10 @@ class RunSpec(_Section):
     include: str | None = None
     """DeepSpeed launcher ``--include`` host/slot filter, e.g. ``localhost:0,1``."""
     master_addr: str | None = None
+    deepspeed_backend: Literal["pdsh", "openmpi", "slurm"] = "pdsh"
+    """Multi-node backend of ``launcher: deepspeed`` (DeepSpeed's ``--launcher``)."""
+    launcher_args: list[str] = Field(default_factory=list)
+    """Extra arguments for DeepSpeed's multi-node backend (its ``--launcher_args``)."""
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
 
@@ -218,7 +222,7 @@ RUN_KEYS: dict[str, Any] = {
 RUN_KEYS.update({f"run.slurm.{name}": ann for name, ann in _fields(SlurmSpec).items()})
 ALL_KEYS = {**CASE_KEYS, **RUN_KEYS}
 FREEFORM_KEYS = ("deepspeed.config",)  # mapping values; a list of mappings is a sweep
-LIST_VALUED_KEYS = ("run.slurm.extra_args",)
+LIST_VALUED_KEYS = ("run.slurm.extra_args", "run.launcher_args")
 
 _ADAPTERS = {key: TypeAdapter(annotation) for key, annotation in ALL_KEYS.items()}
 

@@ -81,9 +81,13 @@ def classify(
 ) -> tuple[str, str | None]:
     """The status and reason of a finished (or killed) case."""
     if timed_out:
-        return "timeout", f"killed after {timeout_s:g} s" + (
-            f" during {last_phase}" if last_phase else ""
-        )
+        during = f" during {last_phase}" if last_phase else ""
+        return "timeout", f"killed after {timeout_s:g} s{during}"
+    leader = _read_leader(case_dir)
+    if leader.get("status") and leader.get(
+        "reason"
+    ):  # a scheduler's verdict, e.g. SLURM's OOM kill
+        return leader["status"], _clip(leader["reason"])
     failed = [r for r in records if r is not None and r.get("status") != "ok"]
     if failed:
         first = min(failed, key=_priority)
@@ -91,27 +95,25 @@ def classify(
     missing = [rank for rank, r in enumerate(records) if r is None]
     if not missing:
         return "ok", None
-    leader = _read_exit_codes(case_dir)
-    rank = missing[0]
-    code = leader.get(str(rank))
+    codes = leader.get("exit_codes", {})
+    # a rank the kernel killed explains its peers' deaths better than the lowest rank number
+    rank = next((r for r in missing if codes.get(str(r)) == -signal.SIGKILL), missing[0])
+    code = codes.get(str(rank))
     if code is not None and code < 0:
-        sig = (
-            signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        )
         if -code == signal.SIGKILL:
-            return (
-                "oom",
-                f"rank {rank} was killed by SIGKILL without writing a result (most often the kernel's OOM killer)",
-            )
-        return "error", f"rank {rank} died from {sig}"
+            why = "killed by SIGKILL without writing a result (most often the kernel's OOM killer)"
+            return "oom", f"rank {rank} was {why}"
+        known = -code in signal.Signals._value2member_map_
+        return "error", f"rank {rank} died from {signal.Signals(-code).name if known else -code}"
     line = last_meaningful_line(case_dir / f"rank{rank}.log")
     return "error", _clip(
         f"rank {rank} exited ({code}) without a result" + (f": {line}" if line else "")
     )
 
 
-def _read_exit_codes(case_dir: Path) -> dict[str, int]:
+def _read_leader(case_dir: Path) -> dict[str, Any]:
+    """What the launcher saw: per-rank exit codes, and a verdict when a scheduler gave one."""
     try:
-        return json.loads((case_dir / "leader.json").read_text()).get("exit_codes", {})
+        return json.loads((case_dir / "leader.json").read_text())
     except (OSError, ValueError):
         return {}

@@ -24,7 +24,12 @@ def result_line(result: CaseResult) -> str:
     text = f"[{style}]{result.status:<11}[/] {result.label}"
     if result.status == "ok":
         m = result.metrics
-        text += f"  {fmt.rate(m.get('tokens_per_s'))} tok/s  step {fmt.seconds(m.get('step_time_s_median'))}  mem {fmt.bytes_(m.get('peak_memory_bytes'))}"
+        rate = (
+            f"busbw {fmt.number(m['busbw_gb_s'])} GB/s"
+            if m.get("busbw_gb_s") is not None
+            else f"{fmt.rate(m.get('tokens_per_s'))} tok/s"
+        )
+        text += f"  {rate}  step {fmt.seconds(m.get('step_time_s_median'))}  mem {fmt.bytes_(m.get('peak_memory_bytes'))}"
     elif result.reason:
         text += f"  [dim]{result.reason}[/]"
     return text

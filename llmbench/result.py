@@ -34,6 +34,8 @@ class CaseResult:
     step_times_s: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    """``micro_batch: auto``: every micro-batch size tried, in order, with its outcome and throughput."""
     started_at: str | None = None
     ended_at: str | None = None
     schema: int = SCHEMA_VERSION

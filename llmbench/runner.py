@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from llmbench.comm import bandwidths
 from llmbench.dsconfig import deepspeed_config
 from llmbench.hardware import Accelerator, gpu_spec
 from llmbench.launch.base import CaseProcess, Launcher, free_port
@@ -137,9 +138,65 @@ class Runner:
         case_dir = self.run_dir.case_dir(case.id, repeat)
         if case_dir.exists():  # left by an interrupted run that is being resumed
             shutil.rmtree(case_dir)
-        case_dir.mkdir(parents=True)
-        micro_batch = case.spec.training.micro_batch
-        return self._measure(case, repeat, case_dir, micro_batch, started)
+        if case.spec.training.micro_batch == "auto":
+            return self._search_micro_batch(case, repeat, case_dir, started)
+        return self._measure(case, repeat, case_dir, case.spec.training.micro_batch, started)
+
+    def _search_micro_batch(
+        self, case: Case, repeat: int, case_dir: Path, started: str
+    ) -> CaseResult:
+        """The largest micro-batch that runs: double until one fails for memory, then bisect.
+
+        Every probe is a full, real measurement in its own process group
+        (``cases/<id>/mb<N>/``); the case's result is the largest size that ran,
+        with every probe's outcome and throughput kept for the throughput-vs-batch curve.
+        """
+        tried: dict[int, CaseResult] = {}
+
+        def probe(size: int) -> CaseResult:
+            if self.observer:
+                self.observer.case_phase(f"probing micro_batch {size}")
+            tried[size] = self._measure(case, repeat, case_dir / f"mb{size}", size, started)
+            return tried[size]
+
+        limit = case.spec.training.micro_batch_max
+        good, bad = 0, None  # largest size that ran; smallest that ran out of memory
+        size = 1
+        while size <= limit and bad is None:
+            outcome = probe(size).status
+            if outcome == "ok":
+                good, size = size, size * 2
+            elif outcome == "oom":
+                bad = size
+            else:
+                break  # an error is not a memory boundary: report it, search no further
+        else:
+            if bad is None and 0 < good < limit:  # doubling stepped over the cap: try the cap
+                outcome = probe(limit).status
+                if outcome == "ok":
+                    good = limit
+                elif outcome == "oom":
+                    bad = limit
+        while good and bad is not None and bad - good > 1:
+            mid = (good + bad) // 2
+            outcome = probe(mid).status
+            if outcome == "ok":
+                good = mid
+            elif outcome == "oom":
+                bad = mid
+            else:
+                break
+        chosen = tried[good] if good else tried[1]
+        boundary = min((m for m, r in tried.items() if r.status == "oom"), default=None)
+        chosen.probes = [_probe_summary(m, r) for m, r in tried.items()]
+        chosen.set_metric(
+            "micro_batch_oom", boundary, f"nothing up to micro_batch_max {limit} ran out of memory"
+        )
+        if good:
+            timeline = case_dir / f"mb{good}" / "timeline.csv"
+            if timeline.exists():  # where reports look for a case's timeline
+                shutil.copyfile(timeline, case_dir / "timeline.csv")
+        return chosen
 
     def _measure(
         self, case: Case, repeat: int, case_dir: Path, micro_batch: int, started: str
@@ -157,6 +214,7 @@ class Runner:
             timeout_s=self.run.timeout_s,
             data_dir=self.data_dirs.get(case.id),
         )
+        case_dir.mkdir(parents=True, exist_ok=True)
         task.save(case_dir / "task.json")
         env = rank_environment(self.accel, threads)
         samplers = self._samplers(spec)
@@ -186,7 +244,11 @@ class Runner:
             world_size,
         )
         fill_metrics(result, records, shape, wall_s, self.accel.kind)
-        fill_flops(result, spec, records)
+        if spec.is_comm:
+            fill_comm(result, spec)
+        else:
+            result.set_metric("micro_batch", micro_batch)
+            fill_flops(result, spec, records)
         sampled_metrics(
             result,
             case_dir,
@@ -223,6 +285,29 @@ class Runner:
                         self.observer.case_phase(phase)
             time.sleep(POLL_S)
         return False, current_phase(case_dir)
+
+
+def fill_comm(result: CaseResult, spec: CaseSpec) -> None:
+    """Bandwidths from the median call time; training rates do not apply to a collective."""
+    c = spec.comm
+    result.set_metric("message_bytes", c.size_bytes)
+    values = bandwidths(
+        c.op, c.size_bytes, spec.parallel.world_size, result.metrics.get("step_time_s_median")
+    )
+    for name, value in values.items():
+        result.set_metric(name, value, f"case {result.status}")
+    for name in (
+        "tokens_per_step",
+        "samples_per_step",
+        "tokens_per_s",
+        "samples_per_s",
+        "tokens_per_s_per_device",
+        "loss_first",
+        "loss_last",
+        "data_time_share",
+    ):
+        result.metrics[name] = None
+        result.null_reasons[name] = "a communication case trains nothing"
 
 
 def fill_flops(result: CaseResult, spec: CaseSpec, records: list[dict[str, Any] | None]) -> None:
@@ -291,6 +376,22 @@ def sampled_metrics(
     )
     for name, value in values.items():
         result.set_metric(name, value, reasons.get(name))
+
+
+def _probe_summary(micro_batch: int, result: CaseResult) -> dict[str, Any]:
+    keys = (
+        "tokens_per_s",
+        "step_time_s_median",
+        "peak_memory_bytes",
+        "allocator_peak_bytes",
+        "device_memory_used_peak_bytes",
+    )
+    return {
+        "micro_batch": micro_batch,
+        "status": result.status,
+        "reason": result.reason,
+        **{k: result.metrics.get(k) for k in keys},
+    }
 
 
 def rank_environment(accel: Accelerator, threads: int) -> dict[str, str]:

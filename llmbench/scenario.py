@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -92,6 +93,11 @@ class TrainingSpec(_Section):
     seq_len: PositiveInt = 128
     micro_batch: PositiveInt | Literal["auto"] = 4
     """Samples per rank per forward pass; ``auto`` searches the largest that fits."""
+    micro_batch_max: PositiveInt = 1024
+    """Where ``micro_batch: auto`` stops doubling when nothing runs out of memory."""
+    rank_memory_limit_bytes: ByteSize | None = None
+    """Emulate a smaller device: each rank may allocate at most this much (e.g. ``2GiB``).
+    CUDA: the caching allocator's cap. CPU: address space a rank may add after it started."""
     grad_accum: PositiveInt = 1
     warmup_steps: NonNegativeInt = 3
     """Optimizer steps run before timing starts (excluded from every statistic)."""
@@ -140,6 +146,22 @@ class ParallelSpec(_Section):
         return self.world_size // (self.tp * self.pp)
 
 
+COMM_OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast")
+
+
+class CommSpec(_Section):
+    """A collective-communication case instead of a training case (``op`` set).
+
+    Its warm-up and timed iterations are ``training.warmup_steps`` and
+    ``training.steps``: one collective call per step.
+    """
+
+    op: Literal["none", "all_reduce", "all_gather", "reduce_scatter", "broadcast"] = "none"
+    size_bytes: ByteSize = ByteSize(2**20)
+    """Message size as nccl-tests counts it: the whole buffer (all_gather: the gathered output)."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
 class CaseSpec(_Section):
     """Everything that defines what one case measures; its hash is the case id."""
 
@@ -147,6 +169,11 @@ class CaseSpec(_Section):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
+    comm: CommSpec = Field(default_factory=CommSpec)
+
+    @property
+    def is_comm(self) -> bool:
+        return self.comm.op != "none"
 
     @property
     def task(self) -> str:
@@ -198,7 +225,7 @@ class RunSpec(_Section):
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
 
-CASE_SECTIONS = ("model", "training", "deepspeed", "parallel")
+CASE_SECTIONS = ("model", "training", "deepspeed", "parallel", "comm")
 TOP_LEVEL = ("name", "description", *CASE_SECTIONS, "run", "exclude", "include", "check")
 CHECKS = ("loss_parity",)
 
@@ -222,6 +249,7 @@ RUN_KEYS: dict[str, Any] = {
 RUN_KEYS.update({f"run.slurm.{name}": ann for name, ann in _fields(SlurmSpec).items()})
 ALL_KEYS = {**CASE_KEYS, **RUN_KEYS}
 FREEFORM_KEYS = ("deepspeed.config",)  # mapping values; a list of mappings is a sweep
+RANGE_KEYS = ("comm.size_bytes",)  # "1KiB..64MiB" sweeps the powers of two in between
 LIST_VALUED_KEYS = ("run.slurm.extra_args", "run.launcher_args")
 
 _ADAPTERS = {key: TypeAdapter(annotation) for key, annotation in ALL_KEYS.items()}
@@ -292,16 +320,33 @@ _LABEL_FORMATS = {
     "deepspeed.offload_optimizer": "opt-off:{}",
     "deepspeed.offload_param": "param-off:{}",
     "deepspeed.activation_checkpointing": "ckpt:{}",
+    "comm.size_bytes": "{}",
+    "comm.dtype": "{}",
 }
 
 
+def _size_label(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
+
+
 def case_label(params: dict[str, Any], swept: Sequence[str]) -> str:
-    """``gpt2-tiny z2 bf16 ws2``: the model, then the swept settings in sweep order."""
-    parts = [f"{params['model.family']}-{params['model.size']}"]
+    """``gpt2-tiny z2 bf16 ws2``: the model, then the swept settings in sweep order.
+
+    A communication case is named by its collective instead: ``all_reduce 1.0MiB ws2``.
+    """
+    comm = params.get("comm.op", "none") != "none"
+    parts = [params["comm.op"] if comm else f"{params['model.family']}-{params['model.size']}"]
     for key in swept:
-        if key in ("model.family", "model.size"):
+        if key in ("model.family", "model.size", "comm.op") or (
+            comm and not key.startswith(("comm.", "parallel."))
+        ):
             continue
         value = params[key]
+        if key == "comm.size_bytes":
+            value = _size_label(value)
         if isinstance(value, dict):
             value = json.dumps(value, sort_keys=True, separators=(",", ":"))
         fmt = _LABEL_FORMATS.get(key, key.rsplit(".", 1)[-1] + "={}")
@@ -480,6 +525,15 @@ def case_problems(spec: CaseSpec) -> list[tuple[str, str]]:
                 f"pipeline parallelism works with ZeRO stage 0 or 1 only, not {ds.zero_stage}",
             )
         )
+    if spec.is_comm:
+        elements = spec.comm.size_bytes // {"fp32": 4, "bf16": 2, "fp16": 2}[spec.comm.dtype]
+        if elements % par.world_size or elements == 0:
+            problems.append(
+                (
+                    "comm.size_bytes",
+                    f"{spec.comm.size_bytes} bytes of {spec.comm.dtype} do not split evenly over {par.world_size} ranks",
+                )
+            )
     if t.data == "text" and not t.data_path:
         problems.append(("training.data_path", "data: text needs training.data_path"))
     return problems
@@ -597,6 +651,8 @@ class _Reader:
 
     def _value(self, dotted: str, node: yaml.Node) -> Any:
         """A validated value, or a list of them (a sweep axis)."""
+        if dotted in RANGE_KEYS and isinstance(node, yaml.ScalarNode) and ".." in str(node.value):
+            return self._size_range(dotted, str(node.value), self.where(node))
         if dotted in LIST_VALUED_KEYS:
             return self._validate(dotted, self.construct(node), self.where(node))
         if isinstance(node, yaml.SequenceNode):
@@ -615,9 +671,27 @@ class _Reader:
             return _unique(values, dotted, self.where(node))
         return self._validate(dotted, self.construct(node), self.where(node))
 
+    def _size_range(self, dotted: str, text: str, where: str) -> list[int]:
+        """``1KiB..64MiB``: every power of two from the first size to the second."""
+        low, _, high = text.partition("..")
+        first, last = (self._validate(dotted, part.strip(), where) for part in (low, high))
+        if first <= 0 or first & (first - 1) or first > last:
+            raise UserError(
+                f"{text!r}: a range runs from a power of two up to a larger size",
+                where=where,
+                key=dotted,
+            )
+        sizes = []
+        while first <= last:
+            sizes.append(first)
+            first *= 2
+        return sizes
+
     def _validate(self, dotted: str, value: Any, where: str) -> Any:
         try:
-            return _ADAPTERS[dotted].validate_python(value)
+            adapter = _ADAPTERS[dotted]
+            # back to plain JSON types (a ByteSize becomes an int) so resolved scenarios dump as YAML
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
         except ValidationError as exc:
             raise UserError(
                 f"{value!r} is not valid: {_first_error(exc)}", where=where, key=dotted
@@ -664,6 +738,8 @@ class _Reader:
             value, key = config, "deepspeed.config"
         self._check_key(key, where)
         self.lines[key] = where
+        if key in RANGE_KEYS and isinstance(value, str) and ".." in value:
+            value = self._size_range(key, value, where)
         if isinstance(value, list) and key not in LIST_VALUED_KEYS:
             if key in RUN_KEYS:
                 raise UserError(

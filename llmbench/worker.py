@@ -153,9 +153,14 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
         record.device_name = torch.cuda.get_device_name(local_rank)
     else:
         record.device_name = "cpu"
+    if spec.training.rank_memory_limit_bytes:
+        _limit_memory(task.device, spec.training.rank_memory_limit_bytes, local_rank)
     backend = "nccl" if task.device == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=task.timeout_s))
 
+    if spec.is_comm:
+        _communicate(spec, record, phase, accel, torch.device(accel.current_device_name()))
+        return
     torch.manual_seed(spec.training.seed)  # identical initial weights on every rank
     model, counts = build_training_model(spec)
     record.parameters = counts.to_dict()
@@ -199,6 +204,58 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     record.memory = _memory(task.device)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def _communicate(spec, record: RankRecord, phase: PhaseLog, accel, device) -> None:
+    """A communication case: warm-up calls, then one timed collective per step."""
+    import torch
+
+    from llmbench.comm import collective
+
+    c = spec.comm
+    call = collective(c.op, c.size_bytes, c.dtype, record.world_size, device)
+    phase("warmup")
+    for _ in range(spec.training.warmup_steps):
+        t0 = time.perf_counter()
+        call()
+        accel.synchronize()
+        record.warmup_times_s.append(time.perf_counter() - t0)
+    torch.distributed.barrier()
+    _reset_peaks(str(device.type))
+    phase("measure")
+    for _ in range(spec.training.steps):
+        t0 = time.perf_counter()
+        call()
+        accel.synchronize()
+        record.step_times_s.append(time.perf_counter() - t0)
+    record.memory = _memory(str(device.type))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _limit_memory(device: str, limit_bytes: int, local_rank: int) -> None:
+    """Cap what this rank may allocate from here on, to emulate a smaller device.
+
+    CUDA: the caching allocator refuses past the cap (a real OutOfMemoryError).
+    CPU: the data-segment limit (RLIMIT_DATA: heap and private writable
+    mappings, Linux ≥ 4.7) is set to what the process holds now plus the cap,
+    so allocations for weights, optimizer state and activations beyond it fail
+    with ENOMEM. RLIMIT_AS would also count the address space malloc reserves
+    per thread (64 MiB arenas), which is not memory in use.
+    """
+    if device == "cuda":
+        import torch
+
+        total = torch.cuda.get_device_properties(local_rank).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total), local_rank)
+        return
+    held = _proc_status_bytes("VmData")
+    if held is None:
+        raise RuntimeError("cannot read VmData to cap this rank's memory")
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = held + limit_bytes
+    unlimited = hard == resource.RLIM_INFINITY
+    resource.setrlimit(resource.RLIMIT_DATA, (soft if unlimited else min(soft, hard), hard))
 
 
 def _reset_peaks(device: str) -> None:

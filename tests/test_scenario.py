@@ -208,3 +208,35 @@ def test_a_10000_case_matrix_expands():
     cases = parse_scenario(text).expand()
     assert len(cases) == 10_000
     assert len({c.id for c in cases}) == 10_000
+
+
+def test_comm_size_range_sweeps_powers_of_two():
+    s = parse_scenario("comm: {op: all_gather, size_bytes: 1KiB..8KiB}\nparallel: {world_size: 2}")
+    cases = s.expand()
+    assert [c.params["comm.size_bytes"] for c in cases] == [1024, 2048, 4096, 8192]
+    assert [c.label for c in cases] == [
+        "all_gather 1KiB",
+        "all_gather 2KiB",
+        "all_gather 4KiB",
+        "all_gather 8KiB",
+    ]
+    assert parse_scenario(
+        "{}", overrides=["comm.op=broadcast", "comm.size_bytes=1MiB..2MiB"]
+    ).swept == ["comm.size_bytes"]
+
+
+def test_comm_errors():
+    assert error_of("comm: {op: all_reduce, size_bytes: 3KiB..8KiB}").startswith(
+        "s.yaml:1: comm.size_bytes: '3KiB..8KiB': a range runs from a power of two"
+    )
+    assert error_of("comm: {op: all_reduce, size_bytes: 6}\nparallel: {world_size: 2}").startswith(
+        "s.yaml:1: comm.size_bytes: 6 bytes of fp32 do not split evenly over 2 ranks"
+    )
+
+
+def test_byte_sizes_read_as_plain_integers():
+    import yaml
+
+    s = parse_scenario("training: {rank_memory_limit_bytes: 1.5GiB}")
+    assert s.expand()[0].params["training.rank_memory_limit_bytes"] == 1610612736
+    assert "1610612736" in yaml.safe_dump(s.resolved())

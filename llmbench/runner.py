@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,6 +94,7 @@ class Runner:
         scenario_name: str,
         observer: SweepObserver | None = None,
         data_dirs: dict[str, str] | None = None,
+        annotate: Callable[[Case, CaseResult], None] | None = None,
     ):
         self.run_dir = run_dir
         self.run = run
@@ -103,6 +104,8 @@ class Runner:
         self.observer = observer
         self.data_dirs = data_dirs or {}
         """Case id -> prepared corpus directory, for ``data: text`` cases."""
+        self.annotate = annotate
+        """Adds figures derived from earlier cases (loss parity) before a result is saved."""
 
     def run_all(self, pending: list[PendingCase]) -> list[CaseResult]:
         results = []
@@ -110,6 +113,8 @@ class Runner:
             if self.observer:
                 self.observer.case_started(index, len(pending), item.case, item.repeat)
             result = self.run_case(item.case, item.repeat)
+            if self.annotate:
+                self.annotate(item.case, result)
             self.run_dir.append(result)
             results.append(result)
             if self.observer:

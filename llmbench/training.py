@@ -117,6 +117,7 @@ def build_batches(
         count,
         seed=spec.training.seed,
         dp_rank=dp_rank,
+        dp_size=dp_size,
         num_labels=spec.training.num_labels,
     )
 

@@ -1,8 +1,12 @@
 """Seeded random batches for every task.
 
-Each data-parallel rank draws from its own seed; ranks of one tensor-parallel
-group share a data-parallel index and so see identical batches, which AutoTP
-requires.
+Every step's *global* batch (micro-batch × data-parallel ranks samples) is drawn
+from one seeded stream and each data-parallel rank takes its slice. So the data
+of a step depends on the seed and the global batch size only: a 2-rank
+data-parallel case trains on exactly what a 1-rank case with twice the
+micro-batch trains on, which makes loss parity across layouts a real check.
+Ranks of one tensor-parallel group share a data-parallel index and so see
+identical batches, which AutoTP requires.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ def synthetic_batches(
     count: int,
     seed: int,
     dp_rank: int,
+    dp_size: int = 1,
     num_labels: int = 2,
 ) -> list[dict[str, torch.Tensor]]:
-    """``count`` distinct batches for one rank, generated up front on the CPU."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + dp_rank)
+    """``count`` batches for one data-parallel rank, generated up front on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = slice(dp_rank * micro_batch, (dp_rank + 1) * micro_batch)
     batches = []
     for _ in range(count):
         # id 0 is the pad token: classification heads of decoder models look for the last non-pad token
-        ids = torch.randint(1, vocab_size, (micro_batch, seq_len), generator=gen)
-        batches.append(make_batch(task, ids, vocab_size, gen, num_labels))
+        ids = torch.randint(1, vocab_size, (micro_batch * dp_size, seq_len), generator=gen)
+        whole = make_batch(task, ids, vocab_size, gen, num_labels)
+        batches.append({k: v[rows].clone() for k, v in whole.items()})
     return batches
 
 

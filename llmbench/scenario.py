@@ -89,7 +89,7 @@ class TrainingSpec(_Section):
     """The training loop of one case."""
 
     task: Literal["causal-lm", "masked-lm", "sequence-classification"] | None = None
-    """None: the family's natural task (causal-lm for gpt2/llama, ...)."""
+    """Unset: the family's natural task (causal-lm for gpt2/llama, ...), filled in on validation."""
     seq_len: PositiveInt = 128
     micro_batch: PositiveInt | Literal["auto"] = 4
     """Samples per rank per forward pass; ``auto`` searches the largest that fits."""
@@ -171,13 +171,24 @@ class CaseSpec(_Section):
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
     comm: CommSpec = Field(default_factory=CommSpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_task(cls, data: Any) -> Any:
+        """Store the family's natural task explicitly, so both spellings share one case id."""
+        if isinstance(data, dict):
+            model, training = data.get("model") or {}, data.get("training") or {}
+            family = FAMILIES.get(model.get("family", "gpt2") if isinstance(model, dict) else "gpt2")
+            if family and isinstance(training, dict) and training.get("task") is None:
+                data = {**data, "training": {**training, "task": family.default_task}}
+        return data
+
     @property
     def is_comm(self) -> bool:
         return self.comm.op != "none"
 
     @property
     def task(self) -> str:
-        return self.training.task or FAMILIES[self.model.family].default_task
+        return self.training.task
 
     @property
     def model_name(self) -> str:

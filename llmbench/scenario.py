@@ -177,7 +177,9 @@ class CaseSpec(_Section):
         """Store the family's natural task explicitly, so both spellings share one case id."""
         if isinstance(data, dict):
             model, training = data.get("model") or {}, data.get("training") or {}
-            family = FAMILIES.get(model.get("family", "gpt2") if isinstance(model, dict) else "gpt2")
+            family = FAMILIES.get(
+                model.get("family", "gpt2") if isinstance(model, dict) else "gpt2"
+            )
             if family and isinstance(training, dict) and training.get("task") is None:
                 data = {**data, "training": {**training, "task": family.default_task}}
         return data
@@ -396,6 +398,7 @@ class Scenario:
     run: RunSpec = field(default_factory=RunSpec)
     check: str | None = None
     lines: dict[str, str] = field(default_factory=dict)
+    _cases: list[Case] | None = field(default=None, repr=False)
 
     @property
     def swept(self) -> list[str]:
@@ -406,7 +409,15 @@ class Scenario:
         return keys
 
     def expand(self) -> list[Case]:
-        """All cases in sweep order (first axis slowest), excluded ones removed, ids unique."""
+        """All cases in sweep order (first axis slowest), excluded ones removed, ids unique.
+
+        Expanded once (validation already needs every case) and then reused.
+        """
+        if self._cases is None:
+            self._cases = self._expand()
+        return list(self._cases)
+
+    def _expand(self) -> list[Case]:
         cases: dict[str, Case] = {}
         swept = self.swept
         for combo in itertools.product(*(a.values for a in self.axes)):

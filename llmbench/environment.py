@@ -99,3 +99,42 @@ def fingerprint(env: dict[str, Any]) -> str:
     """Short hash of what makes timings comparable (hardware, driver, core libraries)."""
     blob = json.dumps({k: env.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def measurement_report(accel: Accelerator, interval_s: float) -> list[tuple[str, str, str]]:
+    """What llmbench will measure on this machine, as (section, item, value) rows.
+
+    ``llmbench env`` prints it, like ``ds_report``, so that a missing driver or
+    a GPU without a peak-FLOPs entry (MFU null) shows up before a sweep, not after.
+    """
+    from llmbench.hardware import gpu_spec
+    from llmbench.report.fmt import bytes_
+    from llmbench.sampling import make_samplers
+
+    rows = [("accelerator", "kind", f"{accel.kind} × {accel.count}")]
+    for ordinal, (name, index) in enumerate(zip(accel.names, accel.nvml_indices, strict=False)):
+        spec = gpu_spec(name)
+        listed = (
+            f"peak-FLOPs table: {spec.key}" if spec else "not in the peak-FLOPs table: MFU null"
+        )
+        rows.append(("accelerator", f"gpu{ordinal} (NVML {index})", f"{name} — {listed}"))
+    nvml = "ok" if accel.nvml_error is None else f"unavailable: {accel.nvml_error}"
+    rows += [
+        ("accelerator", "NVML", nvml),
+        ("accelerator", "driver", accel.driver or "–"),
+        ("accelerator", "CUDA driver", accel.cuda_driver_version or "–"),
+        ("host", "CPU", cpu_model()),
+        (
+            "host",
+            "cores",
+            f"{psutil.cpu_count()} logical, {psutil.cpu_count(logical=False)} physical",
+        ),
+        ("host", "memory", bytes_(psutil.virtual_memory().total)),
+    ]
+    rows += [("libraries", n, v or "not installed") for n, v in library_versions().items()]
+    samplers = make_samplers(accel.kind, interval_s, gpus=accel.count)
+    rows += [
+        ("samplers", s.source, f"every {interval_s:g} s: {s.measures}") for s in samplers.samplers
+    ]
+    rows += [("samplers", source, f"not run: {why}") for source, why in samplers.not_run.items()]
+    return rows

@@ -85,6 +85,27 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, obj
 
 
+_SHAPES = {
+    "case_id": str,
+    "label": str,
+    "status": str,
+    "params": dict,
+    "metrics": dict,
+    "null_reasons": dict,
+    "step_times_s": list,
+}
+_REQUIRED = ("case_id", "label", "params", "status")
+
+
+def _result_problem(obj: dict[str, Any]) -> str | None:
+    """Why a JSON object is not a case result, or None when it is one."""
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    wrong = [k for k, kind in _SHAPES.items() if k in obj and not isinstance(obj[k], kind)]
+    return f"wrong type of {', '.join(wrong)}" if wrong else None
+
+
 @dataclass
 class RunDir:
     path: Path
@@ -144,9 +165,21 @@ class RunDir:
         append_line(self.results_path, result.to_json())
 
     def results(self) -> list[CaseResult]:
+        """Every line that is a case result; JSON that is not one is skipped like a corrupt line."""
         if not self.results_path.exists():
             return []
-        return [CaseResult.from_dict(obj) for _, obj in read_jsonl(self.results_path)]
+        results = []
+        for number, obj in read_jsonl(self.results_path):
+            problem = _result_problem(obj)
+            if problem is None:
+                results.append(CaseResult.from_dict(obj))
+                continue
+            warnings.warn(
+                f"{self.results_path}:{number}: skipping a line that is not a case result ({problem})",
+                CorruptLineWarning,
+                stacklevel=2,
+            )
+        return results
 
     def done(self) -> set[tuple[str, int]]:
         """(case id, repeat) of every case already recorded."""

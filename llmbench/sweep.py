@@ -12,29 +12,27 @@ from llmbench.environment import collect
 from llmbench.hardware import Accelerator, detect
 from llmbench.launch.base import Launcher
 from llmbench.ops import ops_for
+from llmbench.parity import ParityCheck, parity_table
 from llmbench.progress import LiveProgress
+from llmbench.regression import CompareOptions, compare_finished_run, index_finished_run
 from llmbench.report.console import comparison_table
 from llmbench.report.frame import results_frame
 from llmbench.runner import Runner, pending_cases
 from llmbench.scenario import Case, Scenario
 from llmbench.store import RunDir
 
-EXIT_OK, EXIT_CASE_ERRORED, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_CASE_ERRORED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def dry_run_table(scenario: Scenario, cases: list[Case]) -> Table:
-    swept = scenario.swept
-    table = Table(
-        title=f"{scenario.name}: {len(cases)} cases × {scenario.run.repeats} repeat(s)",
-        header_style="bold",
-    )
+    """Cases in run order with their ids; the label names every swept setting."""
+    title = f"{scenario.name}: {len(cases)} cases × {scenario.run.repeats} repeat(s)"
+    table = Table(title=title, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("case id")
     table.add_column("label")
-    for key in swept:
-        table.add_column(key)
     for i, case in enumerate(cases, 1):
-        table.add_row(str(i), case.id, case.label, *[str(case.params[k]) for k in swept])
+        table.add_row(str(i), case.id, case.label)
     return table
 
 
@@ -49,7 +47,13 @@ def make_launcher(scenario: Scenario, accel: Accelerator) -> Launcher:
             # fresh interpreters unless the user opts into fork.
             method = "fork" if accel.kind == "cpu" else "spawn"
         return LocalLauncher(method)
-    raise NotImplementedError(run.launcher)
+    if run.launcher == "deepspeed":
+        from llmbench.launch.deepspeed import DeepSpeedLauncher
+
+        return DeepSpeedLauncher.for_scenario(scenario, accel)
+    from llmbench.launch.slurm import SlurmLauncher
+
+    return SlurmLauncher.for_scenario(scenario, accel)
 
 
 def prepare_environment(accel: Accelerator) -> None:
@@ -67,12 +71,35 @@ def _op_text(name: str, info: dict) -> str:
     return f"{info['op']} {info['seconds']:.1f} s"
 
 
+def prepare_corpora(cases: list[Case], console: Console) -> dict[str, str]:
+    """Tokenise each distinct real-text corpus once, in this process, before any rank starts.
+
+    Ranks then only memory-map the cached token array; tokenising in every
+    rank would race and charge the work to the first case.
+    """
+    prepared: dict[tuple[str, str, int], str] = {}
+    by_case: dict[str, str] = {}
+    for case in cases:
+        tr = case.spec.training
+        if tr.data != "text":
+            continue
+        key = (str(tr.data_path), case.spec.model.family, case.spec.dims().vocab_size)
+        if key not in prepared:
+            from llmbench.data.corpus import prepare_corpus
+
+            corpus = prepare_corpus(*key, log=lambda m: console.print(m, highlight=False))
+            prepared[key] = str(corpus.path)
+        by_case[case.id] = prepared[key]
+    return by_case
+
+
 def run_sweep(
     scenario: Scenario,
     cases: list[Case],
     console: Console,
     resume: Path | None = None,
     output_dir: Path | None = None,
+    compare: CompareOptions | None = None,
 ) -> int:
     accel = detect(scenario.run.device)
     if resume is not None:
@@ -81,12 +108,18 @@ def run_sweep(
         run_dir = RunDir.create(output_dir or scenario.run.output_dir, scenario.name)
         run_dir.write_yaml("scenario.yaml", scenario.resolved())
         run_dir.write_json("env.json", collect(accel))
+    parity = ParityCheck(cases, scenario.source) if scenario.check == "loss_parity" else None
+    if parity:
+        cases = parity.cases
+        parity.remember(run_dir.results())
     pending = pending_cases(cases, scenario.run.repeats, run_dir.done())
     total = len(cases) * scenario.run.repeats
     console.print(
         f"[bold]{scenario.name}[/]: {len(pending)} of {total} case runs to do on {accel.count}× {accel.names[0] if accel.names else accel.kind} → {run_dir.path}",
         highlight=False,
     )
+    # before prepare_environment turns tokenizers' parallelism off
+    data_dirs = prepare_corpora([p.case for p in pending], console)
     prepare_environment(accel)
     launcher = make_launcher(scenario, accel)
     interrupted = False
@@ -103,7 +136,14 @@ def run_sweep(
             )
         with LiveProgress(console, len(pending)) as progress:
             runner = Runner(
-                run_dir, scenario.run, accel, launcher, scenario.name, observer=progress
+                run_dir,
+                scenario.run,
+                accel,
+                launcher,
+                scenario.name,
+                observer=progress,
+                data_dirs=data_dirs,
+                annotate=parity.annotate if parity else None,
             )
             runner.run_all(pending)
     except KeyboardInterrupt:
@@ -120,10 +160,17 @@ def run_sweep(
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     console.print(f"results: {run_dir.results_path} ({summary or 'none'})", highlight=False)
+    history = index_finished_run(run_dir, console)
     if interrupted:
         console.print(
             f"[yellow]interrupted[/]: finished cases are kept; continue with  llmbench run {scenario.source} --resume {run_dir.path}",
             highlight=False,
         )
         return EXIT_INTERRUPTED
-    return EXIT_CASE_ERRORED if any(r.status in ("error", "timeout") for r in results) else EXIT_OK
+    code = EXIT_CASE_ERRORED if any(r.status in ("error", "timeout") for r in results) else EXIT_OK
+    if parity:
+        table, passed = parity_table(results)
+        console.print(table)
+        if not passed and code == EXIT_OK:
+            code = EXIT_CHECK_FAILED
+    return compare_finished_run(run_dir, compare, history, console, code) if compare else code

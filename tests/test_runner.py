@@ -30,7 +30,9 @@ def test_slowest_rank_loss_of_replicas_and_max_memory():
     result = CaseResult(case_id="c", label="l", params={}, status="ok")
     records = [
         record(0, [0.1, 0.3], [2.0, 1.0], tp_rank=0, dp_rank=0, rss=300),
-        record(1, [0.2, 0.2], [2.0, 1.0], tp_rank=1, dp_rank=0, rss=500),  # TP peer: same batch, same loss
+        record(
+            1, [0.2, 0.2], [2.0, 1.0], tp_rank=1, dp_rank=0, rss=500
+        ),  # TP peer: same batch, same loss
         record(2, [0.1, 0.1], [4.0, 3.0], tp_rank=0, dp_rank=1, rss=400),
         record(3, [0.1, 0.1], [4.0, 3.0], tp_rank=1, dp_rank=1, rss=200),
     ]
@@ -49,8 +51,13 @@ def test_peak_flops_lookup():
     assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == (pytest.approx(989.4e12), None)
     assert peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == (pytest.approx(19.5e12), None)
     assert peak_flops("cpu", "bf16") == (None, "no peak FLOP/s figure for CPUs")
-    assert peak_flops("Tesla V100-SXM2-32GB", "bf16") == (None, "NVIDIA V100 SXM2 32GB has no bf16 peak")
-    assert peak_flops("Mystery GPU", "bf16")[1].startswith("'Mystery GPU' is not in llmbench's GPU table")
+    assert peak_flops("Tesla V100-SXM2-32GB", "bf16") == (
+        None,
+        "NVIDIA V100 SXM2 32GB has no bf16 peak",
+    )
+    assert peak_flops("Mystery GPU", "bf16")[1].startswith(
+        "'Mystery GPU' is not in llmbench's GPU table"
+    )
 
 
 def test_machine_checks():
@@ -66,4 +73,8 @@ def test_machine_checks():
 def test_pending_cases_interleave_repeats_and_skip_done():
     cases = parse_scenario("deepspeed: {zero_stage: [0, 1]}").expand()
     todo = pending_cases(cases, 2, {(cases[0].id, 0)})
-    assert [(p.case.id, p.repeat) for p in todo] == [(cases[1].id, 0), (cases[0].id, 1), (cases[1].id, 1)]
+    assert [(p.case.id, p.repeat) for p in todo] == [
+        (cases[1].id, 0),
+        (cases[0].id, 1),
+        (cases[1].id, 1),
+    ]

@@ -70,7 +70,9 @@ def test_zero_stages_on_two_ranks_agree_in_fp32(write_scenario, tmp_path):
         assert m["params_total"] == 560_640 and m["flops_per_token"] > 6 * m["params_flops_params"]
         assert m["tflops_per_s_per_device"] > 0
         assert m["mfu"] is None and r["null_reasons"]["mfu"] == "no peak FLOP/s figure for CPUs"
-        assert m["energy_j"] is None and r["null_reasons"]["energy_j"] == "no GPU sampled on a cpu run"
+        assert (
+            m["energy_j"] is None and r["null_reasons"]["energy_j"] == "no GPU sampled on a cpu run"
+        )
         rank_peaks = [rank["memory"]["rss_peak_bytes"] for rank in r["ranks"]]
         assert m["host_tree_rss_peak_bytes"] >= 0.9 * sum(rank_peaks)  # the whole tree, both ranks
         timeline = (run_dir / "cases" / r["case_id"] / "timeline.csv").read_text()

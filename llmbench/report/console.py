@@ -1,6 +1,9 @@
-"""The terminal comparison table: one row per case, grouped by the swept settings."""
+"""Terminal renderings: the per-case comparison table, the pivot grid, text tables."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from rich.table import Table
@@ -8,6 +11,14 @@ from rich.text import Text
 
 from llmbench.report import fmt
 from llmbench.report.frame import per_case, swept_columns
+from llmbench.report.pivot import Pivot, cell_lines, legend, short
+from llmbench.report.tables import TextTable, format_metric
+
+MAX_ROWS = 200
+"""Longer tables are cut in the terminal (rendering 10,000 rows takes rich tens of seconds)."""
+
+if TYPE_CHECKING:
+    from llmbench.history import RunRow, Trend
 
 STATUS_STYLE = {
     "ok": "green",
@@ -17,10 +28,6 @@ STATUS_STYLE = {
     "unsupported": "yellow",
     "skipped": "dim",
 }
-
-
-def short(column: str) -> str:
-    return column.rsplit(".", 1)[-1]
 
 
 def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
@@ -55,7 +62,7 @@ def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
             else "–"
         )
         table.add_row(
-            *[str(row[c]) for c in swept or ["label"]],
+            *[Text(str(row[c])) for c in swept or ["label"]],
             Text(status, style=STATUS_STYLE.get(status, "")),
             tokens_text,
             fmt.seconds(row.get("step_time_s_median")),
@@ -63,4 +70,102 @@ def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
             fmt.bytes_(row.get("peak_memory_bytes")),
             Text(str(row["reason"])) if isinstance(row.get("reason"), str) else "",
         )
+    return table
+
+
+def _more(shown: int, total: int) -> str:
+    return (
+        f"\n{total - shown} more rows: see --format html, markdown or csv" if total > shown else ""
+    )
+
+
+def pivot_table(pivot: Pivot, title: str | None = None, max_rows: int = MAX_ROWS) -> Table:
+    """The grid of cases; the best cell bold green, failed cells coloured by status."""
+    caption = legend(pivot) + _more(min(max_rows, len(pivot.rows)), len(pivot.rows))
+    table = Table(title=title, caption=caption, header_style="bold", show_lines=True)
+    for key in pivot.row_keys:
+        table.add_column(short(key))
+    for col in pivot.cols:
+        table.add_column(pivot.col_title(col) or "case", justify="right")
+    for row in pivot.rows[:max_rows]:
+        cells: list[Text] = []
+        for col in pivot.cols:
+            cell = pivot.cell(row, col)
+            style = ""
+            if cell is not None and cell.status != "ok":
+                style = STATUS_STYLE.get(cell.status, "")
+            elif cell is not None and cell.best:
+                style = "bold green"
+            cells.append(Text("\n".join(cell_lines(cell)), style=style))
+        table.add_row(*[Text(str(v)) for v in row], *cells)
+    return table
+
+
+def text_table(source: TextTable, max_rows: int = MAX_ROWS) -> Table:
+    """A :class:`TextTable` as a rich Table (cell text is never read as markup)."""
+    caption = _more(min(max_rows, len(source.rows)), len(source.rows)).strip() or None
+    table = Table(title=source.title, caption=caption, header_style="bold")
+    for index, name in enumerate(source.header):
+        table.add_column(
+            name,
+            justify="right" if index in source.right else "left",
+            overflow="fold",
+        )
+    for row in source.rows[:max_rows]:
+        styled = [
+            Text(value, style=STATUS_STYLE.get(value, "") if i == source.status_column else "")
+            for i, value in enumerate(row)
+        ]
+        table.add_row(*styled)
+    return table
+
+
+def trend_table(trend: Trend) -> Table:
+    """A metric per case over runs, oldest first; change points marked."""
+    from llmbench.history import Z
+
+    caption = (
+        f"change point: a level shift beyond the compare threshold and {Z:g} robust σ "
+        "(rolling median, MAD scale)"
+    )
+    table = Table(title=f"{trend.metric} over runs", header_style="bold", caption=caption)
+    for name in ("case", "run", "started", "fingerprint", trend.metric, "vs previous", ""):
+        table.add_column(name, justify="right" if name in (trend.metric, "vs previous") else "left")
+    for _, group in trend.frame.groupby("case_id", sort=False):
+        previous = None
+        for i, row in enumerate(group.to_dict("records")):
+            change = f"{(row['value'] / previous - 1) * 100:+.1f} %" if previous else ""
+            started = row["started_at"]
+            cells = [
+                str(row["label"]) if i == 0 else "",
+                str(row["run_id"]),
+                started.strftime("%Y-%m-%d %H:%M") if not pd.isna(started) else "–",
+                str(row["fingerprint"]),
+                format_metric(trend.metric, row["value"]),
+                change,
+            ]
+            mark = Text("◆ change point", style="bold yellow") if row["change_point"] else ""
+            table.add_row(*map(Text, cells), mark)
+            previous = row["value"]
+        table.add_section()
+    return table
+
+
+def runs_table(rows: Sequence[RunRow]) -> Table:
+    """Indexed runs, newest first, with what they are worth as a baseline."""
+    table = Table(title="Indexed runs", header_style="bold")
+    table.add_column("run", no_wrap=True)
+    for name in ("scenario", "fingerprint", "source", "cases", "statuses", "verdict", "mark"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        cells = [
+            row.run_id,
+            row.scenario,
+            row.fingerprint or "–",
+            row.source,
+            str(row.cases),
+            ", ".join(f"{n} {s}" for s, n in sorted(row.statuses.items())),
+        ]
+        verdict = Text(row.verdict or "–", style="red" if row.exit_code else "")
+        table.add_row(*map(Text, cells), verdict, Text(row.mark or ""))
     return table

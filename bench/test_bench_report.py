@@ -1,0 +1,115 @@
+"""Cost of ``report``, ``compare`` and ``history`` on 10,000 stored case results.
+
+The inputs are real results — the golden nightly runs of tests/data/runs —
+repeated under distinct case ids until each run holds 10,000: every figure in
+them was measured, only the number of cases is scaled. Two whole commands
+(``llmbench report`` and ``llmbench compare`` in a fresh process, imports
+included) are timed as well, since that is what a user or a CI job waits for.
+
+    pytest bench/test_bench_report.py --benchmark-only --benchmark-json=reports/bench.json
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from llmbench.compare import compare_runs
+from llmbench.history import History
+from llmbench.report.frame import read_run, runs_frame
+from llmbench.report.render import render
+
+CASES = 10_000
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "runs" / "nightly"
+
+
+def _scaled(source: Path, root: Path) -> Path:
+    """A copy of a golden run whose results are repeated to CASES cases."""
+    target = root / source.name
+    target.mkdir(parents=True)
+    for name in ("env.json", "scenario.yaml"):
+        shutil.copy(source / name, target / name)
+    results = [json.loads(x) for x in (source / "results.jsonl").read_text().splitlines()]
+    with (target / "results.jsonl").open("w") as fh:
+        for i in range(CASES // len(results)):
+            for r in results:
+                fh.write(
+                    json.dumps(
+                        {**r, "case_id": f"{r['case_id']}{i:05d}", "label": f"{r['label']} #{i}"}
+                    )
+                    + "\n"
+                )
+    return target
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    golden = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
+    return _scaled(golden[3], root), _scaled(golden[4], root)
+
+
+def test_load_10k(benchmark, scaled):
+    frame = benchmark(lambda: runs_frame([read_run(scaled[1])]))
+    assert len(frame) == CASES
+
+
+@pytest.mark.parametrize("fmt", ["terminal", "markdown", "html", "csv"])
+def test_report_10k(benchmark, scaled, fmt):
+    run = read_run(scaled[1])
+
+    def report() -> int:
+        rendered = render([run], fmt)
+        if isinstance(rendered, str):
+            return len(rendered)
+        out = io.StringIO()
+        Console(file=out, width=160).print(rendered)
+        return len(out.getvalue())
+
+    assert benchmark.pedantic(report, rounds=3, iterations=1) > 0
+
+
+def test_compare_10k(benchmark, scaled):
+    base, current = read_run(scaled[0]), read_run(scaled[1])
+    comparison = benchmark.pedantic(compare_runs, (base, current), rounds=3, iterations=1)
+    assert len({v.case_id for v in comparison.verdicts}) == CASES
+
+
+def test_history_index_10k(benchmark, scaled, tmp_path):
+    run = read_run(scaled[1])
+    counter = iter(range(1000))
+
+    def index() -> int:
+        return History(tmp_path / f"h{next(counter)}.sqlite").index_run(run)
+
+    assert benchmark.pedantic(index, rounds=3, iterations=1) == CASES
+
+
+def _command(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llmbench", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_whole_command_report_10k(benchmark, scaled, tmp_path):
+    out = tmp_path / "report.html"
+    done = benchmark.pedantic(
+        _command,
+        (["report", str(scaled[1]), "--format", "html", "-o", str(out)],),
+        rounds=2,
+        iterations=1,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_whole_command_compare_10k(benchmark, scaled, tmp_path):
+    args = ["compare", str(scaled[0]), str(scaled[1]), "--json", str(tmp_path / "v.json")]
+    done = benchmark.pedantic(_command, (args,), rounds=2, iterations=1)
+    assert done.returncode in (0, 1), done.stderr

@@ -1,0 +1,38 @@
+"""Golden run directories (tests/data/runs), copied from real llmbench runs on a 2-core CPU.
+
+Only results.jsonl, env.json and scenario.yaml are kept (plus the sweep's
+timeline.csv files); each scenario.yaml records the settings the run used.
+
+* ``sweep/``: model.size [tiny, mini] × zero_stage [0, 2], plus a case needing
+  4 ranks (skipped) and a tp=2 case DeepSpeed refused for GPT-2
+  (unsupported), with the host-sampler timeline.csv of each case that ran.
+* ``nightly/``: 8 runs of the nightly scenario (z0, z2), runs 1-5 with
+  ``run.threads_per_rank=1``, runs 6-8 with 2, while other jobs loaded the
+  machine (throughput swings several-fold between runs).
+* ``repeats/t2``, ``repeats/t1``: one case, 4 repeats × 10 steps, 2 threads
+  then 1 thread on a quiet machine: a real slowdown of about a quarter.
+* ``history/``: 10 nightly runs (6 with 2 threads, then 4 with 1) while
+  other jobs swung throughput up to 30-fold; the last run's cases errored
+  (the training code was being edited under it).
+* ``levels/``: the repeats of ``repeats/t1`` then ``repeats/t2``, each repeat
+  (its own process, run one after the other) as a run directory of its own:
+  a history of 8 runs with a real level shift at the fifth (1 → 2 threads).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data" / "runs"
+
+
+def runs(name: str) -> list[Path]:
+    """The run directories of one golden set, oldest first."""
+    return sorted(p for p in (DATA / name).iterdir() if p.is_dir())
+
+
+def copy_run(path: Path, root: Path) -> Path:
+    """A writable copy of a golden run under ``root`` (same run id)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(path, root / path.name))

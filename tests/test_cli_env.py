@@ -1,0 +1,55 @@
+"""``llmbench env`` through click's runner: on this GPU-less machine and against a fake NVML."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from fake_pynvml import FakeGpu, FakeNvml, NVMLError_LibraryNotFound
+
+from llmbench import cli as cli_module
+from llmbench.hardware import detect
+
+
+@pytest.fixture
+def run_env(cli_runner, monkeypatch):
+    monkeypatch.setattr(cli_module.console, "width", 200)  # no wrapped values
+
+    def run() -> str:
+        result = cli_runner.invoke(cli_module.cli, ["env"])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())  # column widths vary with the contents
+
+    return run
+
+
+def test_env_on_this_machine(run_env):
+    accel = detect()
+    output = run_env()
+    nvml = "ok" if accel.nvml_error is None else f"unavailable: {accel.nvml_error}"
+    assert f"NVML │ {nvml}" in output
+    assert f"{accel.kind} × {accel.count}" in output
+    assert "host │ every 0.1 s:" in output
+    assert "deepspeed" in output and "transformers" in output
+
+
+def test_env_says_why_nvml_is_unavailable(run_env, monkeypatch):
+    fake = FakeNvml([FakeGpu()], init_error=NVMLError_LibraryNotFound())
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    output = run_env()
+    assert "NVML │ unavailable: NVMLError_LibraryNotFound: NVML Shared Library Not Found" in output
+    assert "nvml │ not run: no GPU sampled on a cpu run" in output
+    assert "cpu ×" in output
+
+
+def test_env_lists_each_gpu_and_whether_mfu_can_be_computed(run_env, monkeypatch):
+    gpus = [FakeGpu(name="NVIDIA H100 80GB HBM3"), FakeGpu(name="NVIDIA GeForce RTX 4090")]
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(gpus))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    output = run_env()
+    assert "cuda × 2" in output
+    assert "NVIDIA H100 80GB HBM3 — peak-FLOPs table: h100-sxm-80gb" in output
+    assert "NVIDIA GeForce RTX 4090 — not in the peak-FLOPs table: MFU null" in output
+    assert "NVML │ ok" in output
+    assert "550.54.15" in output and "12.4" in output
+    assert "nvml │ every 0.1 s: memory" in output

@@ -1,0 +1,185 @@
+"""The SQLite history: indexing real golden runs, baselines, append-only storage, change points."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from golden_runs import DATA, copy_run, runs
+
+from llmbench.cli import cli
+from llmbench.errors import UserError
+from llmbench.history import History, change_points, resolve_run, trend
+from llmbench.report.frame import read_run
+
+NIGHTLY = runs("nightly")
+HISTORY = runs("history")
+LEVELS = runs("levels")
+REPEATS = [*runs("repeats/t2"), *runs("repeats/t1")]
+
+
+def _results(paths) -> int:
+    return sum(len(read_run(p).results) for p in paths)
+
+
+@pytest.fixture
+def history(tmp_path):
+    h = History(tmp_path / "history.sqlite")
+    h.index_paths([DATA / "nightly"])
+    return h
+
+
+def test_index_stores_runs_whole(history):
+    rows = history.runs()
+    assert [r.run_id for r in rows] == [p.name for p in reversed(NIGHTLY)]
+    assert rows[0].scenario == "nightly" and rows[0].fingerprint == "c859ec5ef670"
+    assert rows[0].statuses == {"ok": 2} and rows[0].cases == 2
+    stored = history.load(NIGHTLY[2].name)
+    original = read_run(NIGHTLY[2])
+    assert [r.to_json() for r in stored.results] == [r.to_json() for r in original.results]
+    assert stored.env == original.env
+
+
+def test_indexing_again_adds_only_new_results(history, tmp_path):
+    assert history.index_paths([NIGHTLY[0]]) == [(NIGHTLY[0].name, 0)]
+    partial = copy_run(NIGHTLY[0], tmp_path / "runs")
+    lines = (partial / "results.jsonl").read_text().splitlines()
+    (partial / "results.jsonl").write_text(lines[0] + "\n")  # as if interrupted after case 1
+    fresh = History(tmp_path / "fresh.sqlite")
+    assert fresh.index_run(read_run(partial)) == 1
+    (partial / "results.jsonl").write_text("\n".join(lines) + "\n")  # resumed
+    assert fresh.index_run(read_run(partial)) == 1
+    assert fresh.runs()[0].cases == 2
+
+
+def test_history_is_append_only(history):
+    with sqlite3.connect(history.path) as db:
+        for statement in ("UPDATE results SET status = 'ok'", "DELETE FROM runs"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                db.execute(statement)
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "h.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(UserError, match="newer llmbench"):
+        History(path).runs()
+
+
+def test_wal_mode(history):
+    with sqlite3.connect(history.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_last_good_skips_regressions_until_accepted(history):
+    newest, previous = NIGHTLY[-1].name, NIGHTLY[-2].name
+    good = history.last_good("nightly", "c859ec5ef670", exclude="none")
+    assert good.run_id == newest
+    history.record_verdict(newest, previous, 1, "REGRESSION: 2 regression(s)")
+    assert history.last_good("nightly", "c859ec5ef670", exclude="none").run_id == previous
+    history.mark(newest, "good", "accepted: threads changed on purpose")
+    assert history.last_good("nightly", "c859ec5ef670", exclude="none").run_id == newest
+    history.mark(newest, "bad")
+    assert history.last_good("nightly", "c859ec5ef670", exclude=previous).run_id == NIGHTLY[-3].name
+    assert history.last_good("nightly", "other-fingerprint", exclude="none") is None
+    with pytest.raises(UserError, match="no such run"):
+        history.mark("nope", "good")
+
+
+def test_resolve_by_path_results_file_or_id(history):
+    assert resolve_run(NIGHTLY[0], None).run_id == NIGHTLY[0].name
+    assert resolve_run(NIGHTLY[0] / "results.jsonl", None).run_id == NIGHTLY[0].name
+    assert resolve_run(NIGHTLY[1].name, history).results
+    with pytest.raises(UserError, match="neither a run directory"):
+        resolve_run("nope", history)
+
+
+def test_two_processes_appending_at_once_lose_nothing(tmp_path):
+    path = tmp_path / "history.sqlite"
+    script = textwrap.dedent(
+        """
+        import sys
+        from llmbench.history import History
+        h = History(sys.argv[1])
+        tag, folders = sys.argv[2], sys.argv[3:]
+        for i in range(40):
+            h.record_verdict(f"{tag}-{i}", None, 0, tag)
+        h.index_paths(folders)
+        """
+    )
+    a = [str(DATA / "nightly"), str(DATA / "repeats" / "t2")]
+    b = [str(DATA / "history"), str(DATA / "repeats" / "t2")]  # the repeats run by both
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), tag, *folders])
+        for tag, folders in (("a", a), ("b", b))
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    with sqlite3.connect(path) as db:
+        verdicts = db.execute("SELECT headline, COUNT(*) FROM verdicts GROUP BY 1").fetchall()
+        results = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        runs_count = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    assert sorted(verdicts) == [("a", 40), ("b", 40)]
+    assert runs_count == len(NIGHTLY) + len(HISTORY) + 1
+    assert results == _results(NIGHTLY) + _results(HISTORY) + _results(runs("repeats/t2"))
+
+
+def test_change_point_at_the_real_thread_change(tmp_path):
+    history = History(tmp_path / "h.sqlite")
+    history.index_paths([DATA / "levels"])
+    threads = ["threads_per_rank: 2" in (p / "scenario.yaml").read_text() for p in LEVELS]
+    switch = threads.index(True)  # first run with 2 threads instead of 1
+    for metric in ("tokens_per_s", "step_time_s_median"):
+        found = trend(history, metric)
+        assert found.frame["change_point"].tolist() == [i == switch for i in range(len(LEVELS))]
+    assert not trend(history, "peak_memory_bytes").frame["change_point"].any()
+
+
+def test_errored_runs_stay_out_of_trends_and_baselines(tmp_path):
+    history = History(tmp_path / "h.sqlite")
+    history.index_paths([DATA / "history"])
+    errored = HISTORY[-1]
+    assert {r.status for r in read_run(errored).results} == {"error"}
+    found = trend(history, "tokens_per_s")
+    assert errored.name not in set(found.frame["run_id"])
+    assert len(found.frame) == 2 * (len(HISTORY) - 1)
+    good = history.last_good("nightly", "c859ec5ef670", exclude="none")
+    assert good.run_id == HISTORY[-2].name
+
+
+def test_no_change_point_in_a_flat_series():
+    values = [100.0, 103.0, 98.0, 101.0, 99.0, 102.0, 100.0, 97.0]
+    assert change_points(values, "tokens_per_s") == []
+    assert change_points([*values, 80.0, 79.0, 81.0], "tokens_per_s") == [8]
+
+
+def test_small_shift_under_the_threshold_is_not_a_change_point():
+    # a 3 % step is consistent and far beyond the noise, but within compare's 5 %
+    values = [100.0, 100.1, 99.9, 100.0, 97.0, 97.1, 96.9, 97.0]
+    assert change_points(values, "tokens_per_s") == []
+
+
+def test_cli_index_trend_plot_and_runs(tmp_path, cli_runner):
+    db = str(tmp_path / "h.sqlite")
+    out = cli_runner.invoke(cli, ["history", "--history", db, "--index", str(DATA / "levels")])
+    assert out.exit_code == 0 and f"indexed {LEVELS[0].name}" in out.output
+    plot = tmp_path / "trend.png"
+    out = cli_runner.invoke(cli, ["history", "--history", db, "--plot", str(plot)])
+    assert out.exit_code == 0, out.output
+    assert "tokens_per_s over runs" in out.output and "change point" in out.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = cli_runner.invoke(
+        cli, ["history", "--history", db, "--metric", "peak_memory_bytes", "--format", "json"]
+    )
+    rows = json.loads(out.output)
+    assert out.exit_code == 0 and rows and {"run_id", "value", "change_point"} <= set(rows[0])
+    out = cli_runner.invoke(cli, ["history", "--history", db, "--runs"], terminal_width=200)
+    assert out.exit_code == 0 and LEVELS[-1].name in out.output
+    out = cli_runner.invoke(cli, ["history", "--history", db, "--metric", "no_such_metric"])
+    assert out.exit_code == 2 and "no_such_metric" in out.output
+    out = cli_runner.invoke(cli, ["history", "--history", str(tmp_path / "none.sqlite")])
+    assert out.exit_code == 2 and "no history yet" in out.output

@@ -1,0 +1,66 @@
+"""The pivot grid over swept settings, on the real golden sweep."""
+
+from __future__ import annotations
+
+import pytest
+from golden_runs import runs
+
+from llmbench.errors import UserError
+from llmbench.report.frame import load_runs
+from llmbench.report.pivot import build_pivot, cell_lines
+
+SWEEP = runs("sweep")[0]
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return load_runs([SWEEP])
+
+
+def test_default_axes_rows_model_columns_zero_stage(frame):
+    pivot = build_pivot(frame)
+    assert pivot.col_keys == ("deepspeed.zero_stage",)
+    assert pivot.row_keys == ("model.size", "parallel.world_size", "parallel.tp")
+    assert pivot.cols == [(0,), (2,)]
+    assert pivot.rows[:2] == [("tiny", 1, 1), ("mini", 1, 1)]
+    assert len(pivot.cells) == 6
+
+
+def test_best_cell_and_speedups(frame):
+    pivot = build_pivot(frame)
+    ok = frame[frame["status"] == "ok"]
+    best = [c for c in pivot.cells.values() if c.best]
+    assert len(best) == 1 and best[0].tokens_per_s == ok["tokens_per_s"].max()
+    ref = pivot.reference
+    assert ref.label == ok.iloc[0]["label"] and ref.speedup == pytest.approx(1.0)
+    for cell in pivot.cells.values():
+        if cell.tokens_per_s is not None:
+            assert cell.speedup == pytest.approx(cell.tokens_per_s / ref.tokens_per_s)
+
+
+def test_failed_cells_show_their_status(frame):
+    pivot = build_pivot(frame)
+    assert cell_lines(pivot.cell(("tiny", 4, 1), (0,))) == ["skipped"]
+    assert cell_lines(pivot.cell(("tiny", 2, 2), (0,))) == ["unsupported"]
+    assert cell_lines(pivot.cell(("tiny", 2, 2), (2,))) == ["–"]
+    assert "tok/s" in cell_lines(pivot.cell(("tiny", 1, 1), (0,)))[0]
+
+
+def test_chosen_axes_and_reference(frame):
+    pivot = build_pivot(frame, rows=["deepspeed.zero_stage"], cols=["model.size"])
+    assert pivot.col_keys == ("model.size",)
+    assert pivot.row_keys[0] == "deepspeed.zero_stage"
+    mini = next(c for c in pivot.cells.values() if c.label.startswith("gpt2-mini z2"))
+    by_label = build_pivot(frame, reference=mini.label)
+    assert by_label.reference.case_id == mini.case_id
+    with pytest.raises(UserError, match=r"deepspeed\.zero_stag: not a setting"):
+        build_pivot(frame, cols=["deepspeed.zero_stag"])
+    with pytest.raises(UserError, match="no case with this id or label"):
+        build_pivot(frame, reference="gpt3")
+
+
+def test_several_runs_become_a_dimension():
+    frame = load_runs(runs("nightly")[:2])
+    pivot = build_pivot(frame)
+    assert "run_id" in pivot.row_keys + pivot.col_keys
+    assert len(pivot.cells) == 4

@@ -41,6 +41,8 @@ from llmbench.sampling import (
     summarize,
     tag_phases,
 )
+from llmbench.sampling.agent import ENV as NODE_SAMPLER_ENV
+from llmbench.sampling.agent import merge_node_timelines
 from llmbench.scenario import Case, CaseSpec, RunSpec
 from llmbench.store import RunDir
 from llmbench.worker import RankTask
@@ -223,9 +225,15 @@ class Runner:
         task.save(case_dir / "task.json")
         env = rank_environment(self.accel, threads)
         samplers = self._samplers(spec)
+        on_nodes = samplers is not None and self.launcher.samples_on_nodes
+        if on_nodes:
+            gpus = world_size // spec.parallel.nodes if self.accel.kind == "cuda" else None
+            env[NODE_SAMPLER_ENV] = json.dumps(
+                {"kind": self.accel.kind, "interval_s": self.run.sample_interval_s, "gpus": gpus}
+            )
         t0 = time.monotonic()
         proc = self.launcher.start(case_dir, world_size, env)
-        watching = samplers is not None and proc.pid is not None
+        watching = samplers is not None and not on_nodes and proc.pid is not None
         if watching:
             samplers.start(proc.pid)
         try:
@@ -254,12 +262,18 @@ class Runner:
         else:
             result.set_metric("micro_batch", micro_batch)
             fill_flops(result, spec, records)
-        sampled_metrics(
-            result,
-            case_dir,
-            timeline,
-            samplers.unavailable if samplers else {"host": SAMPLING_OFF, "nvml": SAMPLING_OFF},
-        )
+        if on_nodes:
+            timeline, unavailable = merge_node_timelines(case_dir)
+            if timeline is None:
+                unavailable = {
+                    "host": "no node sampler left a timeline",
+                    "nvml": "no node sampler left a timeline",
+                }
+        else:
+            unavailable = (
+                samplers.unavailable if samplers else {"host": SAMPLING_OFF, "nvml": SAMPLING_OFF}
+            )
+        sampled_metrics(result, case_dir, timeline, unavailable)
         return result
 
     def _samplers(self, spec: CaseSpec) -> SamplerSet | None:

@@ -235,6 +235,11 @@ def test_a_sweep_runs_each_case_as_a_job_and_collects_results(cluster, write_sce
     assert sorted(r["rank"] for r in ok["ranks"]) == [0, 1]
     assert len(ok["step_times_s"]) == 3 and ok["metrics"]["tokens_per_s"] > 0
     assert failed["status"] == "error" and "nosuchoptimizer" in failed["reason"].lower()
+    # the node agent sampled the job's processes, outside the runner's process tree
+    rank_peaks = [rank["memory"]["rss_peak_bytes"] for rank in ok["ranks"]]
+    assert ok["metrics"]["host_tree_rss_peak_bytes"] >= 0.9 * sum(rank_peaks)
+    timeline = (run_dir / "cases" / ok["case_id"] / "timeline.csv").read_text()
+    assert ",measure," in timeline
     states = []
     for result in (ok, failed):
         case_dir = run_dir / "cases" / result["case_id"]

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from llmbench.sampling import HostSampler, SamplerSet
-from llmbench.sampling import host as host_module
+from llmbench.sampling import base as base_module
 from llmbench.sampling.base import Sampler
 
 MiB = 2**20
@@ -120,7 +120,7 @@ def test_processes_that_vanish_are_skipped(monkeypatch):
     gone_proc = psutil.Process(gone.pid)
     gone.wait()
     me = psutil.Process()
-    monkeypatch.setattr(host_module, "case_processes", lambda root_pid: [gone_proc, me])
+    monkeypatch.setattr(base_module, "case_processes", lambda root_pid: [gone_proc, me])
     row = HostSampler().sample(os.getpid())[0]
     assert row["processes"] == 1
     assert row["tree_rss_bytes"] == row["proc_rss_max_bytes"] > 0

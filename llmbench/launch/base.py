@@ -70,6 +70,9 @@ class CaseProcess:
 class Launcher(ABC):
     """Starts the ranks of one case in a fresh process group."""
 
+    samples_on_nodes: bool = False
+    """True when ranks run where the runner cannot watch them: a sampler agent then runs on each node."""
+
     @abstractmethod
     def start(self, case_dir: Path, world_size: int, env: dict[str, str]) -> CaseProcess:
         """Start every rank of the case whose task.json is in ``case_dir``."""

@@ -94,6 +94,8 @@ class DeepSpeedLauncher(Launcher):
         self.launcher_args = list(launcher_args)
         self.gpus = gpus
         self.where = where
+        # ranks on other hosts are out of the runner's sight: sample on each node
+        self.samples_on_nodes = self.hosts is not None and not _is_local(self.hosts)
 
     @classmethod
     def for_scenario(cls, scenario: Scenario, accel: Accelerator) -> DeepSpeedLauncher:

@@ -43,6 +43,8 @@ PLACEMENT_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 RENDEZVOUS_KEYS = ("MASTER_ADDR", "MASTER_PORT")
 SOURCES = ("env", "slurm", "openmpi")
 SESSION_CHECK_S = 1.0
+AGENT_STOP_S = 30.0
+NODE_SAMPLER_ENV = "LLMBENCH_NODE_SAMPLER"  # llmbench.sampling.agent.ENV (not imported: see above)
 
 
 def tasks_on_node(tasks_per_node: str, node_id: int) -> int:
@@ -147,10 +149,50 @@ def _supervise(task_json: Path, env: dict[str, str], source: str) -> int:
     # worker must get it too, and this process must outlive it to record how it ended.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    agent = _start_node_sampler(case_dir, env)
     code = _wait(child, source)
+    _stop(agent)
     record = {"rank": int(rank), "exit_code": code, "host": socket.gethostname()}
     (case_dir / f"exit.rank{rank}.json").write_text(json.dumps(record))
     return code if code >= 0 else 128 - code
+
+
+def _start_node_sampler(case_dir: Path, env: dict[str, str]) -> subprocess.Popen | None:
+    """On local rank 0, when the runner asked for it: sample this node's ranks.
+
+    The agent watches the tree under the process that started this node's
+    ranks (slurmstepd, DeepSpeed's launch.py), so every local rank is in it.
+    """
+    request = env.get(NODE_SAMPLER_ENV)
+    if not request or env.get("LOCAL_RANK") != "0":
+        return None
+    spec = json.loads(request)
+    argv = [
+        sys.executable,
+        "-m",
+        "llmbench.sampling.agent",
+        str(case_dir),
+        "--root",
+        str(os.getppid()),
+    ]
+    argv += ["--kind", spec["kind"], "--interval", str(spec["interval_s"])]
+    if spec.get("gpus"):
+        argv += ["--gpus", str(spec["gpus"])]
+    log = (case_dir / f"agent.{socket.gethostname()}.log").open("ab")
+    return subprocess.Popen(
+        argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+
+
+def _stop(agent: subprocess.Popen | None) -> None:
+    """Let the node sampler write its timeline; it never holds the case up for long."""
+    if agent is None:
+        return
+    agent.send_signal(signal.SIGTERM)
+    try:
+        agent.wait(timeout=AGENT_STOP_S)
+    except subprocess.TimeoutExpired:
+        agent.kill()
 
 
 def _wait(child: subprocess.Popen, source: str) -> int:

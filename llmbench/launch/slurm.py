@@ -84,6 +84,8 @@ _BUILD_OPS = "import sys; from llmbench.ops import build_ops_to_file; build_ops_
 class SlurmLauncher(Launcher):
     """Cases as SLURM jobs; see the module docstring."""
 
+    samples_on_nodes = True  # jobs run under slurmstepd, outside the runner's process tree
+
     def __init__(
         self,
         partition: str | None = None,

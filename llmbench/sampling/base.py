@@ -68,6 +68,12 @@ class Sampler(ABC):
         self._thread: threading.Thread | None = None
         self._started = False
         self._root_pid = 0
+        self.ignored_pids: set[int] = set()
+        """Processes inside the watched tree that are not the case (a node agent itself)."""
+
+    def processes(self, root_pid: int) -> list[psutil.Process]:
+        """The case's processes right now, without the ignored ones."""
+        return [p for p in case_processes(root_pid) if p.pid not in self.ignored_pids]
 
     @abstractmethod
     def sample(self, root_pid: int) -> list[Sample]:
@@ -145,6 +151,11 @@ class SamplerSet:
     @property
     def columns(self) -> list[str]:
         return [c for s in self.samplers for c in s.columns]
+
+    def ignore(self, pid: int) -> None:
+        """Leave ``pid`` out of every sampler's view of the case."""
+        for sampler in self.samplers:
+            sampler.ignored_pids.add(pid)
 
     def start(self, root_pid: int) -> None:
         self._t0 = time.time()

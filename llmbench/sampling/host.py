@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from llmbench.sampling.base import Sample, Sampler, case_processes
+from llmbench.sampling.base import Sample, Sampler
 
 
 @dataclass
@@ -40,7 +40,7 @@ class HostSampler(Sampler):
         now = time.monotonic()
         rss: list[int] = []
         cpu_s: dict[tuple[int, float], float] = {}
-        for proc in case_processes(root_pid):
+        for proc in self.processes(root_pid):
             try:
                 with proc.oneshot():
                     rss_bytes = proc.memory_info().rss

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from llmbench.hardware import load_nvml, visible_nvml_indices
-from llmbench.sampling.base import Sample, Sampler, case_processes, describe_error
+from llmbench.sampling.base import Sample, Sampler, describe_error
 
 # Bits of nvmlDeviceGetCurrentClocksEventReasons (formerly ...ThrottleReasons), nvml.h.
 CLOCK_EVENT_REASONS = {
@@ -103,7 +103,7 @@ class NvmlSampler(Sampler):
         self._nvml = None
 
     def sample(self, root_pid: int) -> list[Sample]:
-        pids = {p.pid for p in case_processes(root_pid)}
+        pids = {p.pid for p in self.processes(root_pid)}
         return [self._read(device, pids) for device in self._devices]
 
     def _read(self, device: _Device, pids: set[int]) -> Sample:

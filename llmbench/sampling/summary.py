@@ -175,7 +175,7 @@ def _nvml(
             out.set(name, (None, reason))
         return
     nvml = _rows(timeline, "nvml")
-    devices = sorted(nvml["device"].unique(), key=lambda d: int(d.removeprefix("gpu")))
+    devices = sorted(nvml["device"].unique(), key=_device_order)
     per_device = {d: nvml[nvml["device"] == d] for d in devices}
 
     def missing(device: str, column: str) -> str:
@@ -207,6 +207,12 @@ def _nvml(
     }
     mask, why = _over_devices(events, "or")
     out.set("throttle_reasons", (clock_event_names(mask) if mask is not None else None, why))
+
+
+def _device_order(device: str) -> tuple[str, int]:
+    """gpu2 before gpu10; on several nodes (``n1.gpu0``) node first."""
+    node, _, gpu = device.rpartition("gpu")
+    return node, int(gpu) if gpu.isdigit() else -1
 
 
 def _over_devices(found: dict[str, Found], how: str) -> Found:

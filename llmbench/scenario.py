@@ -184,6 +184,11 @@ class CaseSpec(_Section):
                 data = {**data, "training": {**training, "task": family.default_task}}
         return data
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> CaseSpec:
+        """The spec back from its flat dotted keys (a stored result's ``params``)."""
+        return cls.model_validate(_nest({k: v for k, v in params.items() if k in CASE_KEYS}))
+
     @property
     def is_comm(self) -> bool:
         return self.comm.op != "none"
@@ -440,8 +445,7 @@ class Scenario:
         return list(cases.values())
 
     def _build(self, flat: dict[str, Any], swept: list[str], where: str | None = None) -> Case:
-        nested = _nest({k: v for k, v in flat.items() if k in CASE_KEYS})
-        spec = CaseSpec.model_validate(nested)
+        spec = CaseSpec.from_params(flat)
         problems = case_problems(spec)
         if problems:
             key, message = problems[0]

@@ -77,8 +77,17 @@ def build_training_model(spec: CaseSpec) -> tuple[torch.nn.Module, ParamCounts]:
             model, par.pp, spec.task, spec.model.attn_implementation, every
         ), counts
     if ckpt == "full":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_full_recompute(model)
     return model, counts
+
+
+def enable_full_recompute(model) -> None:
+    """Checkpoint every block (non-reentrant), under the name this transformers version uses."""
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.24
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
 def build_batches(

@@ -1,0 +1,1 @@
+"""Capacity planning: an analytical memory and throughput model, calibrated by measurement."""

@@ -1,0 +1,186 @@
+"""One prediction table: memory terms, fit, largest micro-batch and speed for every configuration.
+
+Everything the planner prints - ranked configurations, validation against
+measured runs, the capacity report - is a view of this one DataFrame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from llmbench.plan.assumptions import Assumption, Assumptions
+from llmbench.plan.calibrate import Calibration
+from llmbench.plan.configs import CHECKPOINTING, PRECISIONS, Configs
+from llmbench.plan.describe import ModelDescription
+from llmbench.plan.memory import MemoryTerms, ZeroKnobs, memory_terms
+from llmbench.plan.target import Target
+from llmbench.plan.throughput import step_time
+
+
+@dataclass
+class Prediction:
+    """The table plus what it rests on."""
+
+    frame: pd.DataFrame
+    model: ModelDescription
+    target: Target
+    accounting: str
+    fixed_overhead: Assumption
+    allocator_margin: Assumption
+    rate_sources: list[str]
+    calibration_runs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _memory(model, cfg, target, accounting, knobs, attention, resident) -> MemoryTerms:
+    return memory_terms(
+        model,
+        cfg,
+        accounting=accounting,
+        knobs=knobs,
+        attention=attention,
+        device=target.kind,
+        gpus_per_node=target.gpus_per_node,
+        resident=resident,
+    )
+
+
+def predict(
+    model: ModelDescription,
+    cfg: Configs,
+    target: Target,
+    assumptions: Assumptions,
+    calibration: Calibration | None = None,
+    *,
+    accounting: str = "llmbench",
+    knobs: ZeroKnobs | None = None,
+    attention: str = "sdpa",
+    world_size: int | None = None,
+) -> Prediction:
+    """Predict every configuration of ``cfg`` on ``target``.
+
+    ``world_size``: only for CPU targets, whose measured rates hold for one
+    rank count (ranks share the cores).
+    """
+    calibration = calibration or Calibration([])
+    resident = target.kind == "cpu"
+    mem = _memory(model, cfg, target, accounting, knobs, attention, resident)
+    fixed, margin = calibration.overhead(target, assumptions, world_size)
+    overhead = fixed.value + margin.value * mem.predicted
+    total = mem.predicted + overhead
+
+    # memory is affine in the micro-batch: two evaluations give base and slope
+    one = _memory(model, cfg.replace(micro_batch=1), target, accounting, knobs, attention, resident)
+    two = _memory(model, cfg.replace(micro_batch=2), target, accounting, knobs, attention, resident)
+    per_sample = (two.predicted - one.predicted) * (1 + margin.value)
+    base = one.predicted * (1 + margin.value) + fixed.value - per_sample
+    capacity = target.memory_bytes
+    # offload needs host memory: the GPUs of one node share the node's
+    host_per_node = mem.host_per_gpu * np.minimum(cfg.world_size, target.gpus_per_node)
+    host_fits = host_per_node <= assumptions.host_memory_bytes_per_node.value
+    if capacity is None:
+        fits = np.full(len(cfg), np.nan)
+        max_mb = np.full(len(cfg), np.nan)
+    else:
+        fits = (total <= capacity) & host_fits
+        max_mb = np.where(host_fits, np.floor(np.maximum(capacity - base, 0) / per_sample), 0)
+
+    if target.kind == "cpu":
+        rates, source_of, sources = calibration.rates(
+            target,
+            model,
+            cfg,
+            None,
+            "no measured rate: a CPU has no peak FLOP/s to assume a fraction of",
+        )
+        sustained = rates
+        efficiency = np.full(len(cfg), np.nan)
+    else:
+        eff_default = assumptions.compute_efficiency
+        rates, source_of, sources = calibration.rates(
+            target,
+            model,
+            cfg,
+            eff_default.value,
+            f"assumed {eff_default.value:.2f}: {eff_default.source}",
+        )
+        peaks = np.array([target.peak(p) or np.nan for p in PRECISIONS])[cfg.precision]
+        sustained = rates * peaks
+        efficiency = rates
+    timing = step_time(model, cfg, sustained, target.links, assumptions)
+    tokens_per_s = timing.tokens_per_s
+    peak_all = (
+        np.array([target.peak(p) or np.nan for p in PRECISIONS])[cfg.precision]
+        if target.kind != "cpu"
+        else np.full(len(cfg), np.nan)
+    )
+    mfu = timing.model_flops_per_token * tokens_per_s / (cfg.world_size * peak_all)
+
+    frame = pd.DataFrame(
+        {
+            "zero_stage": cfg.zero,
+            "precision": np.array(PRECISIONS)[cfg.precision],
+            "offload_optimizer": np.where(cfg.offload_optimizer.astype(bool), "cpu", "none"),
+            "offload_param": np.where(cfg.offload_param.astype(bool), "cpu", "none"),
+            "activation_checkpointing": np.array(CHECKPOINTING)[cfg.checkpointing],
+            "tp": cfg.tp,
+            "pp": cfg.pp,
+            "dp": cfg.dp,
+            "gpus": cfg.world_size,
+            "micro_batch": cfg.micro_batch,
+            "grad_accum": cfg.grad_accum,
+            "seq_len": cfg.seq_len,
+            **mem.as_columns(),
+            "host_offload_bytes_per_node": host_per_node,
+            "fullest_stage": np.where(mem.stage == 1, "last", "first"),
+            "overhead_bytes": overhead,
+            "predicted_bytes": mem.predicted,
+            "total_bytes": total,
+            "capacity_bytes": np.full(len(cfg), np.nan if capacity is None else capacity),
+            "fits": fits,
+            "max_micro_batch": max_mb,
+            "compute_s": timing.compute_s,
+            "bubble_s": timing.bubble_s,
+            "dp_comm_s": timing.dp_comm_s,
+            "tp_comm_s": timing.tp_comm_s,
+            "pp_comm_s": timing.pp_comm_s,
+            "offload_s": timing.offload_s,
+            "step_s": timing.step_s,
+            "tokens_per_step": timing.tokens_per_step,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "efficiency": efficiency,
+            "sustained_flops": sustained,
+            "rate_source": np.asarray(source_of),
+        }
+    )
+    notes = []
+    if accounting == "deepspeed" and (cfg.zero <= 1).any():
+        notes.append(
+            "DeepSpeed has estimators for ZeRO-2 and ZeRO-3 only: stage 0/1 memory is unknown (NaN) in this accounting"
+        )
+    missing = [
+        p
+        for p in PRECISIONS
+        if target.kind != "cpu"
+        and target.peak(p) is None
+        and (np.array(PRECISIONS)[cfg.precision] == p).any()
+    ]
+    if missing:
+        notes.append(
+            f"{target.name} has no {', '.join(missing)} support: those configurations get no speed"
+        )
+    return Prediction(
+        frame,
+        model,
+        target,
+        accounting,
+        fixed,
+        margin,
+        sources,
+        calibration.runs_on(target, world_size),
+        notes,
+    )

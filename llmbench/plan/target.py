@@ -1,0 +1,66 @@
+"""The device a plan is for: a GPU from the table, or the host CPU of a measured run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from llmbench.errors import UserError, did_you_mean
+from llmbench.hardware import GPUS, gpu_spec
+from llmbench.plan.assumptions import Assumptions
+from llmbench.plan.throughput import Links
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the models need to know about the device the configurations run on."""
+
+    device: str
+    """GPU key or ``cpu``"""
+    name: str
+    kind: str
+    """``cuda`` (any GPU: CUDA allocator semantics) or ``cpu``"""
+    memory_bytes: float | None
+    peak_flops: dict[str, float] = field(default_factory=dict)
+    links: Links | None = None
+    gpus_per_node: int = 8
+    source: str = ""
+
+    def peak(self, precision: str) -> float | None:
+        return self.peak_flops.get(precision)
+
+
+def gpu_target(name: str, assumptions: Assumptions, gpus_per_node: int = 8) -> Target:
+    spec = gpu_spec(name)
+    if spec is None:
+        keys = [*GPUS, *(a for s in GPUS.values() for a in s.aliases)]
+        raise UserError(
+            f"unknown GPU {name!r}{did_you_mean(name, keys)}; known: {', '.join(GPUS)}", key="gpu"
+        )
+    return Target(
+        device=spec.key,
+        name=spec.name,
+        kind="cuda",
+        memory_bytes=float(spec.memory_bytes),
+        peak_flops=dict(spec.peak_flops),
+        links=Links.for_gpu(spec.interconnect_bytes_s, assumptions, gpus_per_node),
+        gpus_per_node=gpus_per_node,
+        source=spec.source,
+    )
+
+
+def cpu_target(ranks_per_host: int) -> Target:
+    """The CPU of a measured run: no peak FLOP/s figure exists, communication is not modelled.
+
+    Ranks talk through gloo over shared memory; its time is left inside the
+    measured compute rate instead of being modelled.
+    """
+    return Target(
+        device="cpu",
+        name="host CPU",
+        kind="cpu",
+        memory_bytes=None,
+        links=Links(math.inf, math.inf, math.inf, ranks_per_host),
+        gpus_per_node=ranks_per_host,
+        source="no peak FLOP/s is published for CPUs; compute rates come from measured runs",
+    )

@@ -502,7 +502,9 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, int]:
 @click.option("--grad-accum", default=1, show_default=True, type=int)
 @click.option("--micro-batch", "micro_batches", default="", help="Comma list (default 1..128).")
 @click.option("--precision", "precisions", default="", help="Comma list, e.g. bf16,fp32.")
-@click.option("--checkpointing", default="none,selective,full", show_default=True, help="Comma list.")
+@click.option(
+    "--checkpointing", default="none,selective,full", show_default=True, help="Comma list."
+)
 @click.option("--no-offload", is_flag=True, help="Leave ZeRO-Offload configurations out.")
 @click.option("--host-memory-gb", type=float, help="Host memory per node for offload (GB).")
 @click.option(

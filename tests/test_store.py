@@ -82,10 +82,15 @@ def test_json_that_is_not_a_case_result_is_skipped_with_a_warning(tmp_path):
     run = RunDir.create(tmp_path, "s")
     run.append(result(0))
     with run.results_path.open("a") as fh:
-        fh.write('{"hello": "world"}\n{"case_id": "c9", "label": "x", "params": [], "status": "ok"}\n')
+        fh.write(
+            '{"hello": "world"}\n{"case_id": "c9", "label": "x", "params": [], "status": "ok"}\n'
+        )
     run.append(result(1))
     with pytest.warns(CorruptLineWarning) as warned:
         assert [r.case_id for r in run.results()] == ["c0", "c1"]
     messages = " ".join(str(w.message) for w in warned)
-    assert ":2: skipping a line that is not a case result (missing case_id, label, params, status)" in messages
+    assert (
+        ":2: skipping a line that is not a case result (missing case_id, label, params, status)"
+        in messages
+    )
     assert ":3: skipping a line that is not a case result (wrong type of params)" in messages

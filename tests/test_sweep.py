@@ -78,7 +78,9 @@ def test_zero_stages_on_two_ranks_agree_in_fp32(write_scenario, tmp_path):
         timeline = (run_dir / "cases" / r["case_id"] / "timeline.csv").read_text()
         assert ",measure," in timeline
     reference = results[0]["losses"]
-    assert len(set(reference)) == len(reference)  # the weights change every step (learning is checked on real text)
+    assert len(set(reference)) == len(
+        reference
+    )  # the weights change every step (learning is checked on real text)
     for r in results[1:]:
         assert r["losses"] == pytest.approx(reference, abs=1e-4), r["label"]
     assert (run_dir / "env.json").exists() and (run_dir / "scenario.yaml").exists()

@@ -150,82 +150,91 @@ def parse_model_name(name: str) -> tuple[str, str]:
     raise KeyError(name)
 
 
+# How each family's transformers config names llmbench's dimensions, and the
+# settings llmbench always uses: dropout off, as in modern LLM pre-training,
+# which also makes losses identical across parallel layouts (loss parity relies
+# on it), and token ids that fit small vocabularies (GPT-2's stock 50256 does not).
+_CONFIG_NAMES: dict[str, dict[str, str]] = {
+    "gpt2": {
+        "num_layers": "n_layer",
+        "hidden_size": "n_embd",
+        "num_heads": "n_head",
+        "intermediate_size": "n_inner",
+        "max_positions": "n_positions",
+    },
+    "llama": {
+        "num_layers": "num_hidden_layers",
+        "hidden_size": "hidden_size",
+        "num_heads": "num_attention_heads",
+        "num_kv_heads": "num_key_value_heads",
+        "intermediate_size": "intermediate_size",
+        "max_positions": "max_position_embeddings",
+    },
+    "distilbert": {
+        "num_layers": "n_layers",
+        "hidden_size": "dim",
+        "num_heads": "n_heads",
+        "intermediate_size": "hidden_dim",
+        "max_positions": "max_position_embeddings",
+    },
+    "bert": {
+        "num_layers": "num_hidden_layers",
+        "hidden_size": "hidden_size",
+        "num_heads": "num_attention_heads",
+        "intermediate_size": "intermediate_size",
+        "max_positions": "max_position_embeddings",
+    },
+}
+_CONFIG_FIXED: dict[str, dict[str, Any]] = {
+    "gpt2": {
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "summary_first_dropout": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    },
+    "llama": {"bos_token_id": 0, "eos_token_id": 0},
+    "distilbert": {"dropout": 0.0, "attention_dropout": 0.0, "seq_classif_dropout": 0.0},
+    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+}
+_CONFIG_CLASSES = {
+    "gpt2": "GPT2Config",
+    "llama": "LlamaConfig",
+    "distilbert": "DistilBertConfig",
+    "bert": "BertConfig",
+}
+
+
 def hf_config(
     family: str, dims: Dims, task: str, num_labels: int = 2, attn_implementation: str = "sdpa"
 ):
     """Build the transformers config for a family with the given dimensions."""
     import transformers
 
-    # Dropout off, as in modern LLM pre-training: it also makes losses identical
-    # across parallel layouts, which loss-parity checks rely on. No KV cache: we only train.
-    common: dict[str, Any] = {
-        "vocab_size": dims.vocab_size,
-        "num_labels": num_labels,
-        "use_cache": False,
-    }
-    if family == "gpt2":
-        cfg = transformers.GPT2Config(
-            n_layer=dims.num_layers,
-            n_embd=dims.hidden_size,
-            n_head=dims.num_heads,
-            n_inner=dims.intermediate_size,
-            n_positions=dims.max_positions,
-            tie_word_embeddings=dims.tie_embeddings,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            summary_first_dropout=0.0,
-            # the stock ids (50256) fall outside small vocabularies
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-            **common,
-        )
-    elif family == "llama":
-        cfg = transformers.LlamaConfig(
-            num_hidden_layers=dims.num_layers,
-            hidden_size=dims.hidden_size,
-            num_attention_heads=dims.num_heads,
-            num_key_value_heads=dims.kv_heads,
-            intermediate_size=dims.intermediate_size,
-            max_position_embeddings=dims.max_positions,
-            tie_word_embeddings=dims.tie_embeddings,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-            **common,
-        )
-    elif family == "distilbert":
-        cfg = transformers.DistilBertConfig(
-            n_layers=dims.num_layers,
-            dim=dims.hidden_size,
-            n_heads=dims.num_heads,
-            hidden_dim=dims.intermediate_size,
-            max_position_embeddings=dims.max_positions,
-            tie_word_embeddings=dims.tie_embeddings,
-            dropout=0.0,
-            attention_dropout=0.0,
-            seq_classif_dropout=0.0,
-            pad_token_id=0,
-            **common,
-        )
-    elif family == "bert":
-        cfg = transformers.BertConfig(
-            num_hidden_layers=dims.num_layers,
-            hidden_size=dims.hidden_size,
-            num_attention_heads=dims.num_heads,
-            intermediate_size=dims.intermediate_size,
-            max_position_embeddings=dims.max_positions,
-            tie_word_embeddings=dims.tie_embeddings,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            pad_token_id=0,
-            **common,
-        )
-    else:  # pragma: no cover - guarded by scenario validation
-        raise KeyError(family)
+    values = {name: getattr(dims, field) for field, name in _CONFIG_NAMES[family].items()}
+    if "num_kv_heads" in _CONFIG_NAMES[family]:
+        values[_CONFIG_NAMES[family]["num_kv_heads"]] = dims.kv_heads
+    cfg = getattr(transformers, _CONFIG_CLASSES[family])(
+        **values,
+        **_CONFIG_FIXED[family],
+        vocab_size=dims.vocab_size,
+        tie_word_embeddings=dims.tie_embeddings,
+        num_labels=num_labels,
+        use_cache=False,  # we only train
+        pad_token_id=0,
+    )
     cfg._attn_implementation = attn_implementation
     return cfg
+
+
+def dims_from_config(family: str, cfg) -> Dims:
+    """llmbench's dimensions of a transformers config of ``family`` (the inverse of hf_config)."""
+    names = _CONFIG_NAMES[family]
+    values = {field: getattr(cfg, name) for field, name in names.items()}
+    if family == "gpt2" and values["intermediate_size"] is None:
+        values["intermediate_size"] = 4 * values["hidden_size"]  # GPT-2's n_inner default
+    return Dims(**values, vocab_size=cfg.vocab_size, tie_embeddings=bool(cfg.tie_word_embeddings))
 
 
 def model_class(task: str):

@@ -182,55 +182,50 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     record.init_s = time.perf_counter() - t_init
     step = train_step(spec, engine, batches)
 
+    outputs = _timed(step, spec.training, record, phase, accel, task.device)
+    record.data_times_s = [data_s for _, data_s in outputs]
+    record.losses = [
+        float(loss) for loss, _ in outputs
+    ]  # .item() after timing: no extra sync in the loop
+
+
+def _timed(fn, training, record: RankRecord, phase: PhaseLog, accel, device: str) -> list:
+    """Warm-up calls, then timed calls that each end with an accelerator synchronise.
+
+    Every rank starts the clock after a barrier; peaks are reset there, so
+    memory figures describe the measured steps. Returns each timed call's output.
+    """
+    import torch
+
     phase("warmup")
-    for _ in range(spec.training.warmup_steps):
+    for _ in range(training.warmup_steps):
         t0 = time.perf_counter()
-        step()
+        fn()
         accel.synchronize()
         record.warmup_times_s.append(time.perf_counter() - t0)
-
-    torch.distributed.barrier()  # every rank starts the clock together
-    _reset_peaks(task.device)
+    torch.distributed.barrier()
+    _reset_peaks(device)
     phase("measure")
-    losses = []
-    for _ in range(spec.training.steps):
+    outputs = []
+    for _ in range(training.steps):
         t0 = time.perf_counter()
-        loss, data_s = step()
+        out = fn()
         accel.synchronize()
         record.step_times_s.append(time.perf_counter() - t0)
-        record.data_times_s.append(data_s)
-        losses.append(loss)
-    record.losses = [float(v) for v in losses]  # .item() after timing: no extra sync in the loop
-    record.memory = _memory(task.device)
+        outputs.append(out)
+    record.memory = _memory(device)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    return outputs
 
 
 def _communicate(spec, record: RankRecord, phase: PhaseLog, accel, device) -> None:
-    """A communication case: warm-up calls, then one timed collective per step."""
-    import torch
-
+    """A communication case: one collective per step, on buffers allocated before timing."""
     from llmbench.comm import collective
 
     c = spec.comm
     call = collective(c.op, c.size_bytes, c.dtype, record.world_size, device)
-    phase("warmup")
-    for _ in range(spec.training.warmup_steps):
-        t0 = time.perf_counter()
-        call()
-        accel.synchronize()
-        record.warmup_times_s.append(time.perf_counter() - t0)
-    torch.distributed.barrier()
-    _reset_peaks(str(device.type))
-    phase("measure")
-    for _ in range(spec.training.steps):
-        t0 = time.perf_counter()
-        call()
-        accel.synchronize()
-        record.step_times_s.append(time.perf_counter() - t0)
-    record.memory = _memory(str(device.type))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    _timed(call, spec.training, record, phase, accel, str(device.type))
 
 
 def _limit_memory(device: str, limit_bytes: int, local_rank: int) -> None:

@@ -68,3 +68,18 @@ def test_parse_model_name():
 def test_dimension_overrides():
     dims = resolve_dims("llama", "tiny", {"num_layers": 3, "hidden_size": None})
     assert dims.num_layers == 3 and dims.hidden_size == 128
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_config_round_trip(family):
+    from llmbench.models import dims_from_config
+
+    for dims in FAMILIES[family].presets.values():
+        back = dims_from_config(family, hf_config(family, dims, FAMILIES[family].default_task))
+        assert back.num_layers == dims.num_layers and back.hidden_size == dims.hidden_size
+        assert back.kv_heads == dims.kv_heads and back.intermediate_size == dims.intermediate_size
+        assert (back.vocab_size, back.max_positions, back.tie_embeddings) == (
+            dims.vocab_size,
+            dims.max_positions,
+            dims.tie_embeddings,
+        )

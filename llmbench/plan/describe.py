@@ -22,6 +22,7 @@ from llmbench.models import (
     ParamCounts,
     build_model,
     count_parameters,
+    dims_from_config,
     hf_config,
     parse_model_name,
     resolve_dims,
@@ -176,43 +177,4 @@ def _from_config(path: Path) -> tuple[str, Dims, str]:
     import transformers
 
     cfg = transformers.AutoConfig.for_model(**raw)
-    get = {
-        "gpt2": lambda: Dims(
-            cfg.n_layer,
-            cfg.n_embd,
-            cfg.n_head,
-            cfg.n_inner or 4 * cfg.n_embd,
-            cfg.vocab_size,
-            cfg.n_positions,
-            tie_embeddings=cfg.tie_word_embeddings,
-        ),
-        "llama": lambda: Dims(
-            cfg.num_hidden_layers,
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.intermediate_size,
-            cfg.vocab_size,
-            cfg.max_position_embeddings,
-            num_kv_heads=cfg.num_key_value_heads,
-            tie_embeddings=cfg.tie_word_embeddings,
-        ),
-        "distilbert": lambda: Dims(
-            cfg.n_layers,
-            cfg.dim,
-            cfg.n_heads,
-            cfg.hidden_dim,
-            cfg.vocab_size,
-            cfg.max_position_embeddings,
-            tie_embeddings=cfg.tie_word_embeddings,
-        ),
-        "bert": lambda: Dims(
-            cfg.num_hidden_layers,
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.intermediate_size,
-            cfg.vocab_size,
-            cfg.max_position_embeddings,
-            tie_embeddings=cfg.tie_word_embeddings,
-        ),
-    }[family]
-    return family, get(), f"transformers config {file}"
+    return family, dims_from_config(family, cfg), f"transformers config {file}"

@@ -39,6 +39,13 @@ PRELOAD = [
     "transformers.models.llama.modeling_llama",
     "transformers.models.distilbert.modeling_distilbert",
     "transformers.models.bert.modeling_bert",
+    # imported lazily inside deepspeed.initialize; the muon module alone pulls in
+    # torch._dynamo (~2 s), which every case would otherwise pay again
+    "deepspeed.runtime.zero.muon.muon_optimizer",
+    "deepspeed.runtime.zero.stage_1_and_2",
+    "deepspeed.runtime.zero.stage3",
+    "deepspeed.runtime.pipe.engine",
+    "deepspeed.ops.adam",
     "llmbench.worker",
     "llmbench.training",
     "llmbench.data.text",

@@ -18,7 +18,7 @@ import pytest
 
 from llmbench.sampling import HostSampler, SamplerSet
 from llmbench.sampling import base as base_module
-from llmbench.sampling.base import Sampler
+from llmbench.sampling.base import TREE_REFRESH_S, Sampler
 
 MiB = 2**20
 
@@ -80,9 +80,9 @@ def wait_for(*paths: Path, timeout_s: float = 60) -> None:
 def test_tree_rss_covers_every_process_of_the_case(start_tree, tmp_path):
     leader = start_tree(TREE)
     sampler = HostSampler(interval_s=0.05)
-    sampler.start(leader.pid)  # before the ranks exist: the tree is re-read every tick
+    sampler.start(leader.pid)  # before the ranks exist: the tree is re-discovered as it grows
     wait_for(tmp_path / "ready0", tmp_path / "ready1")
-    time.sleep(0.3)
+    time.sleep(TREE_REFRESH_S + 0.3)
     rows = sampler.stop()
     assert sampler.unavailable_reason is None
     assert rows[0]["processes"] == 1 and rows[-1]["processes"] == 3

@@ -22,6 +22,7 @@ import psutil
 from llmbench.sampling.timeline import timeline_frame
 
 DEFAULT_INTERVAL_S = 0.1
+TREE_REFRESH_S = 0.5
 
 Sample = dict[str, Any]
 """One reading: ``t`` (epoch s), ``source``, ``device`` and the sampler's columns (None: missing)."""
@@ -68,12 +69,24 @@ class Sampler(ABC):
         self._thread: threading.Thread | None = None
         self._started = False
         self._root_pid = 0
+        self._tree: list[psutil.Process] = []
+        self._tree_at = 0.0
         self.ignored_pids: set[int] = set()
         """Processes inside the watched tree that are not the case (a node agent itself)."""
 
     def processes(self, root_pid: int) -> list[psutil.Process]:
-        """The case's processes right now, without the ignored ones."""
-        return [p for p in case_processes(root_pid) if p.pid not in self.ignored_pids]
+        """The case's processes, without the ignored ones, re-discovered at most every TREE_REFRESH_S.
+
+        Discovery reads the status of every process on the machine (psutil's
+        parent map), the bulk of a tick's cost; a case's tree changes only when
+        ranks start or end, so a sampler reuses it in between (a process that
+        has ended since is skipped by the readers).
+        """
+        now = time.monotonic()
+        if not self._tree or now - self._tree_at >= TREE_REFRESH_S:
+            self._tree = [p for p in case_processes(root_pid) if p.pid not in self.ignored_pids]
+            self._tree_at = now
+        return self._tree
 
     @abstractmethod
     def sample(self, root_pid: int) -> list[Sample]:

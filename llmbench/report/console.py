@@ -31,45 +31,55 @@ STATUS_STYLE = {
 
 
 def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
-    """Swept settings, status, throughput, step time (median, p10–p90), peak memory, reason."""
+    """Swept settings, status, throughput, step time (median, p10–p90), peak memory, reason.
+
+    Throughput is tokens/s for training cases and bus bandwidth for collectives;
+    the reason column appears only when some case has one.
+    """
     frame = per_case(frame)
     swept = swept_columns(frame)
     if swept:
         frame = frame.sort_values(swept, kind="stable")
+    comm = "busbw_gb_s" in frame and frame["busbw_gb_s"].notna().any()
+    rate, rate_title, rate_fmt = (
+        ("busbw_gb_s", "busbw GB/s", fmt.number) if comm else ("tokens_per_s", "tokens/s", fmt.rate)
+    )
+    reasons = (
+        "reason" in frame and frame["reason"].map(lambda r: isinstance(r, str) and bool(r)).any()
+    )
     table = Table(title=title, header_style="bold", show_lines=False)
     for column in swept or ["label"]:
         table.add_column(short(column))
     table.add_column("status")
-    table.add_column("tokens/s", justify="right")
+    table.add_column(rate_title, justify="right")
     table.add_column("step median", justify="right")
     table.add_column("p10–p90", justify="right")
     table.add_column("peak mem", justify="right")
-    table.add_column("reason", overflow="fold", max_width=60)
-    best = (
-        frame.loc[frame["status"] == "ok", "tokens_per_s"].max()
-        if "tokens_per_s" in frame
-        else None
-    )
+    if reasons:
+        table.add_column("reason", overflow="fold", max_width=60)
+    best = frame.loc[frame["status"] == "ok", rate].max() if rate in frame else None
     for _, row in frame.iterrows():
         status = str(row["status"])
-        tokens = row.get("tokens_per_s")
-        tokens_text = Text(
-            fmt.rate(tokens), style="bold green" if best is not None and tokens == best else ""
+        value = row.get(rate)
+        rate_text = Text(
+            rate_fmt(value), style="bold green" if best is not None and value == best else ""
         )
         spread = (
             f"{fmt.seconds(row.get('step_time_s_p10'))}–{fmt.seconds(row.get('step_time_s_p90'))}"
             if status == "ok"
             else "–"
         )
-        table.add_row(
+        cells = [
             *[Text(str(row[c])) for c in swept or ["label"]],
             Text(status, style=STATUS_STYLE.get(status, "")),
-            tokens_text,
+            rate_text,
             fmt.seconds(row.get("step_time_s_median")),
             spread,
             fmt.bytes_(row.get("peak_memory_bytes")),
-            Text(str(row["reason"])) if isinstance(row.get("reason"), str) else "",
-        )
+        ]
+        if reasons:
+            cells.append(Text(str(row["reason"])) if isinstance(row.get("reason"), str) else "")
+        table.add_row(*cells)
     return table
 
 

@@ -63,6 +63,15 @@ class StepShape:
         return self.samples * self.seq_len
 
 
+THROUGHPUT_METRICS = (
+    "tokens_per_step",
+    "samples_per_step",
+    "tokens_per_s",
+    "samples_per_s",
+    "tokens_per_s_per_device",
+)
+
+
 def throughput(shape: StepShape, median_step_s: float | None) -> dict[str, float | int | None]:
     """Global and per-device rates from the median step time."""
     rates: dict[str, float | int | None] = {

@@ -24,6 +24,7 @@ from llmbench.hardware import Accelerator, gpu_spec
 from llmbench.launch.base import CaseProcess, Launcher, free_port
 from llmbench.launch.outcome import classify
 from llmbench.metrics import (
+    THROUGHPUT_METRICS,
     StepShape,
     flops_metrics,
     recompute_flops_per_token,
@@ -73,11 +74,19 @@ def pending_cases(
     return [PendingCase(c, r) for r in range(repeats) for c in cases if (c.id, r) not in done]
 
 
-def skip_reason(case: Case, accel: Accelerator, launcher: str) -> str | None:
-    """Why this machine cannot run the case at all (recorded as ``skipped``)."""
+def skip_reason(
+    case: Case, accel: Accelerator, launcher: str, ranks_here: bool = True
+) -> str | None:
+    """Why this machine cannot run the case at all (recorded as ``skipped``).
+
+    Device counts are this machine's, so they decide only for ranks that run
+    here; SLURM and remote hosts have their own and refuse for themselves.
+    """
     par = case.spec.parallel
     if launcher == "local" and par.nodes > 1:
         return f"{par.nodes} nodes requested; the local launcher runs one node (use run.launcher: deepspeed or slurm)"
+    if not ranks_here:
+        return None
     per_node = par.world_size // par.nodes
     if accel.kind == "cuda" and per_node > accel.count:
         return f"needs {per_node} GPUs per node, this machine has {accel.count}"
@@ -137,7 +146,9 @@ class Runner:
 
     def run_case(self, case: Case, repeat: int = 0) -> CaseResult:
         started = now_iso()
-        reason = skip_reason(case, self.accel, self.run.launcher)
+        reason = skip_reason(
+            case, self.accel, self.run.launcher, not self.launcher.samples_on_nodes
+        )
         if reason:
             result = self._result(case, repeat, "skipped", reason)
             result.started_at = result.ended_at = started
@@ -249,12 +260,16 @@ class Runner:
         status, reason = classify(case_dir, records, timed_out, self.run.timeout_s, phase)
         result = self._result(case, repeat, status, reason)
         result.started_at, result.ended_at = started, now_iso()
-        shape = StepShape(
-            micro_batch,
-            spec.training.grad_accum,
-            spec.training.seq_len,
-            spec.parallel.dp,
-            world_size,
+        shape = (
+            None
+            if spec.is_comm
+            else StepShape(
+                micro_batch,
+                spec.training.grad_accum,
+                spec.training.seq_len,
+                spec.parallel.dp,
+                world_size,
+            )
         )
         fill_metrics(result, records, shape, wall_s, self.accel.kind)
         if spec.is_comm:
@@ -315,30 +330,18 @@ def fill_comm(result: CaseResult, spec: CaseSpec) -> None:
     )
     for name, value in values.items():
         result.set_metric(name, value, f"case {result.status}")
-    for name in (
-        "tokens_per_step",
-        "samples_per_step",
-        "tokens_per_s",
-        "samples_per_s",
-        "tokens_per_s_per_device",
-        "loss_first",
-        "loss_last",
-        "data_time_share",
-    ):
-        result.metrics[name] = None
-        result.null_reasons[name] = "a communication case trains nothing"
 
 
 def fill_flops(result: CaseResult, spec: CaseSpec, records: list[dict[str, Any] | None]) -> None:
     """FLOPs per token from the exact parameter count; TFLOP/s, MFU and HFU from the throughput."""
-    params = next((r["parameters"] for r in records if r and r.get("parameters")), None)
-    if params is None:
+    n = result.metrics.get("params_flops_params")
+    if n is None:
         return
     dims = spec.dims()
     seq = spec.training.seq_len
-    model = training_flops_per_token(params["flops_params"], dims.num_layers, dims.hidden_size, seq)
+    model = training_flops_per_token(n, dims.num_layers, dims.hidden_size, seq)
     extra = recompute_flops_per_token(
-        params["flops_params"],
+        n,
         dims.num_layers,
         dims.hidden_size,
         seq,
@@ -427,17 +430,8 @@ def rank_environment(accel: Accelerator, threads: int) -> dict[str, str]:
 
 def current_phase(case_dir: Path) -> str | None:
     """The latest phase rank 0 published."""
-    try:
-        with (case_dir / "phases.rank0.jsonl").open("rb") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    for raw in reversed(lines):
-        try:
-            return json.loads(raw)["phase"]
-        except (ValueError, KeyError):
-            continue
-    return None
+    events = read_phase_events(case_dir)
+    return events[-1].phase if events else None
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -447,14 +441,21 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
+NOT_TRAINING = "a communication case trains nothing"
+TRAINING_ONLY = ("loss_first", "loss_last", "data_time_share", *THROUGHPUT_METRICS)
+
+
 def fill_metrics(
     result: CaseResult,
     records: list[dict[str, Any] | None],
-    shape: StepShape,
+    shape: StepShape | None,
     wall_s: float,
     device: str,
 ) -> None:
-    """Reduce rank records to the case's metrics (step time = slowest rank per step)."""
+    """Reduce rank records to the case's metrics (step time = slowest rank per step).
+
+    ``shape`` is None for a communication case: it has step times but trains no tokens.
+    """
     present = [r for r in records if r is not None]
     result.ranks = [_rank_summary(r) for r in present]
     ok = result.status == "ok"
@@ -463,8 +464,9 @@ def fill_metrics(
     result.losses = _dp_mean_losses(present) if ok else []
     result.metrics.update(step_stats(steps))
     why = None if ok else f"case {result.status}"
-    for name, value in throughput(shape, result.metrics["step_time_s_median"]).items():
-        result.set_metric(name, value, why)
+    if shape is not None:
+        for name, value in throughput(shape, result.metrics["step_time_s_median"]).items():
+            result.set_metric(name, value, why)
     warmup = slowest_rank_per_step([r["warmup_times_s"] for r in present])
     measure_s = sum(steps) if steps else None
     warmup_s = sum(warmup) if ok else None
@@ -485,6 +487,9 @@ def fill_metrics(
     result.set_metric("data_time_share", max(data) if ok and data else None, why)
     result.set_metric("loss_first", result.losses[0] if result.losses else None, why)
     result.set_metric("loss_last", result.losses[-1] if result.losses else None, why)
+    if shape is None:
+        for name in TRAINING_ONLY:
+            result.set_metric(name, None, NOT_TRAINING)
     _memory_metrics(result, present, device)
     params = next((r["parameters"] for r in present if r.get("parameters")), None)
     for key in ("total", "embedding", "non_embedding", "flops_params"):

@@ -68,6 +68,8 @@ def test_machine_checks():
     assert skip_reason(one, cpu, "local") is None
     assert skip_reason(one, gpu, "local") == "needs 2 GPUs per node, this machine has 1"
     assert "local launcher runs one node" in skip_reason(two_nodes, cpu, "local")
+    # SLURM nodes have their own GPUs: this machine's count decides nothing for them
+    assert skip_reason(one, gpu, "slurm", ranks_here=False) is None
 
 
 def test_pending_cases_interleave_repeats_and_skip_done():

@@ -494,7 +494,9 @@ def fill_metrics(
     params = next((r["parameters"] for r in present if r.get("parameters")), None)
     for key in ("total", "embedding", "non_embedding", "flops_params"):
         result.set_metric(
-            f"params_{key}", params[key] if params else None, "no rank built the model"
+            f"params_{key}",
+            params[key] if params else None,
+            NOT_TRAINING if shape is None else "no rank built the model",
         )
 
 

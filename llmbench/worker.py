@@ -159,6 +159,7 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=task.timeout_s))
 
     if spec.is_comm:
+        record.init_s = time.perf_counter() - t_init
         _communicate(spec, record, phase, accel, torch.device(accel.current_device_name()))
         return
     torch.manual_seed(spec.training.seed)  # identical initial weights on every rank
@@ -184,9 +185,8 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
 
     outputs = _timed(step, spec.training, record, phase, accel, task.device)
     record.data_times_s = [data_s for _, data_s in outputs]
-    record.losses = [
-        float(loss) for loss, _ in outputs
-    ]  # .item() after timing: no extra sync in the loop
+    # losses become floats only now: an .item() per step would add a sync inside the timed loop
+    record.losses = [float(loss) for loss, _ in outputs]
 
 
 def _timed(fn, training, record: RankRecord, phase: PhaseLog, accel, device: str) -> list:

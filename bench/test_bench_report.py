@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from llmbench.compare import compare_runs
-from llmbench.history import History
-from llmbench.report.frame import read_run, runs_frame
-from llmbench.report.render import render
+from llmbench.judge.compare import compare_runs
+from llmbench.judge.history import History
+from llmbench.judge.report.render import render
+from llmbench.judge.runs import read_run, runs_frame
 
 CASES = 10_000
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "runs" / "nightly"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from llmbench.sampling import HostSampler, NvmlSampler
+from llmbench.measure.sampling import HostSampler, NvmlSampler
 
 LEADER = textwrap.dedent(
     """

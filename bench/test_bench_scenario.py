@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmbench.scenario import parse_scenario
+from llmbench.define.loader import parse_scenario
 
 # 2 families × 5 sequence lengths × 2 micro-batches × 32 seeds × 4 ZeRO stages × 2 precisions × 2 world sizes
 SEEDS = ", ".join(str(s) for s in range(32))

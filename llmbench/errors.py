@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from enum import IntEnum
 
-EXIT_USAGE = 2
+
+class ExitCode(IntEnum):
+    """Every exit code llmbench returns, in one place (README's table mirrors it)."""
+
+    OK = 0
+    FAILED_CHECK = 1
+    """A regression, or a check (loss parity) that failed: the gate's red."""
+    INVALID = 2
+    """Invalid input, a case that errored or timed out, or data missing for a verdict."""
+    INTERRUPTED = 130
+    """Ctrl-C or SIGTERM; finished cases are kept and the resume command printed."""
 
 
 class UserError(Exception):

@@ -41,7 +41,7 @@ def ds_ops():
     that must not land inside a case that a test gives a short timeout.
     """
     out = subprocess.run(
-        [sys.executable, "-m", "llmbench.ops", "ShareMemCommBuilder", "FusedAdamBuilder"],
+        [sys.executable, "-m", "llmbench.measure.ops", "ShareMemCommBuilder", "FusedAdamBuilder"],
         capture_output=True,
         text=True,
         timeout=900,

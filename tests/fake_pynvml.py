@@ -37,6 +37,9 @@ class FakeGpu:
     uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
     memory_total_bytes: int = 80 * GiB
     memory_used_bytes: int = 10 * GiB
+    """Memory info v2's ``used``; v1's ``used`` adds ``memory_reserved_bytes`` to it, as NVML does."""
+    memory_reserved_bytes: int = 0
+    """Driver-reserved memory (memory info v2's ``reserved``)."""
     gpu_util_pct: int = 90
     memory_util_pct: int = 40
     power_w: float = 300.0
@@ -49,14 +52,28 @@ class FakeGpu:
     """pid -> used bytes (None: NVML_VALUE_NOT_AVAILABLE)."""
     unsupported: set[str] = field(default_factory=set)
     """Names of calls (e.g. ``"nvmlDeviceGetPowerUsage"``) that raise NotSupported here."""
+    broken: dict[str, Exception] = field(default_factory=dict)
+    """Calls that raise something other than NVMLError (an old binding, a missing symbol)."""
+    no_memory_v2: bool = False
+    """A driver without nvmlDeviceGetMemoryInfo_v2 (FUNCTION_NOT_FOUND, as pynvml raises it)."""
+    mig: list[tuple[str, str]] = field(default_factory=list)
+    """MIG devices on this GPU, as (UUID, name) — e.g. ("MIG-4f1c…", "NVIDIA H100 80GB HBM3 MIG 1g.10gb")."""
+
+
+@dataclass(frozen=True)
+class MigHandle:
+    gpu: int
+    index: int
 
 
 class FakeNvml:
     NVML_ERROR_NOT_SUPPORTED = 3
     NVML_ERROR_LIBRARY_NOT_FOUND = 12
     NVML_ERROR_FUNCTION_NOT_FOUND = 13
+    NVML_ERROR_NOT_FOUND = 6
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
+    nvmlMemory_v2 = 0x02000028
     NVMLError = NVMLError
     NVMLError_NotSupported = NVMLError_NotSupported
     NVMLError_LibraryNotFound = NVMLError_LibraryNotFound
@@ -86,6 +103,8 @@ class FakeNvml:
         gpu = self.gpus[handle]
         if call in gpu.unsupported:
             raise NVMLError_NotSupported()
+        if call in gpu.broken:
+            raise gpu.broken[call]
         return gpu
 
     def nvmlInit(self) -> None:
@@ -112,17 +131,38 @@ class FakeNvml:
             raise NVMLError(2, "Invalid Argument")
         return index
 
-    def nvmlDeviceGetName(self, handle: int) -> str:
+    def nvmlDeviceGetName(self, handle: int | MigHandle) -> str:
+        if isinstance(handle, MigHandle):
+            return self._gpu("nvmlDeviceGetName", handle.gpu).mig[handle.index][1]
         return self._gpu("nvmlDeviceGetName", handle).name
 
-    def nvmlDeviceGetUUID(self, handle: int) -> str:
+    def nvmlDeviceGetUUID(self, handle: int | MigHandle) -> str:
+        if isinstance(handle, MigHandle):
+            return self._gpu("nvmlDeviceGetUUID", handle.gpu).mig[handle.index][0]
         return self._gpu("nvmlDeviceGetUUID", handle).uuid
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: int) -> int:
+        return len(self._gpu("nvmlDeviceGetMaxMigDeviceCount", handle).mig)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: int, index: int) -> MigHandle:
+        if not 0 <= index < len(self._gpu("nvmlDeviceGetMigDeviceHandleByIndex", handle).mig):
+            raise NVMLError(self.NVML_ERROR_NOT_FOUND, "Not Found")
+        return MigHandle(handle, index)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int, version: int | None = None) -> SimpleNamespace:
         gpu = self._gpu("nvmlDeviceGetMemoryInfo", handle)
-        used = gpu.memory_used_bytes
+        total, used, reserved = (
+            gpu.memory_total_bytes,
+            gpu.memory_used_bytes,
+            gpu.memory_reserved_bytes,
+        )
+        if not version:  # v1 counts driver-reserved memory as used
+            return SimpleNamespace(total=total, used=used + reserved, free=total - used - reserved)
+        if gpu.no_memory_v2:
+            raise NVMLError(self.NVML_ERROR_FUNCTION_NOT_FOUND, "Function Not Found")
+        assert version == self.nvmlMemory_v2
         return SimpleNamespace(
-            total=gpu.memory_total_bytes, used=used, free=gpu.memory_total_bytes - used
+            version=version, total=total, reserved=reserved, used=used, free=total - used - reserved
         )
 
     def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:

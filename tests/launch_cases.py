@@ -8,11 +8,11 @@ from pathlib import Path
 
 import psutil
 
-from llmbench.dsconfig import deepspeed_config
+from llmbench.define.loader import parse_scenario
 from llmbench.hardware import detect
-from llmbench.runner import rank_environment
-from llmbench.scenario import parse_scenario
-from llmbench.worker import RankTask
+from llmbench.measure.dsconfig import deepspeed_config
+from llmbench.measure.record import RankTask
+from llmbench.measure.runner import rank_environment
 
 TINY = """\
 name: {name}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmbench.comm import bandwidths
+from llmbench.measure.comm import bandwidths
 
 
 @pytest.mark.parametrize(

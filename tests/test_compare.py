@@ -10,17 +10,11 @@ import pytest
 from golden_runs import copy_run, runs
 
 from llmbench.cli import cli
-from llmbench.compare import (
-    DEFAULT_ALPHA,
-    Thresholds,
-    compare_runs,
-    min_attainable_p,
-    parse_option,
-    parse_spec,
-)
 from llmbench.errors import UserError
-from llmbench.metrics import step_stats
-from llmbench.report.frame import Run, read_run
+from llmbench.judge.compare import DEFAULT_ALPHA, compare_runs, min_attainable_p
+from llmbench.judge.runs import Run, read_run
+from llmbench.judge.stats import step_stats
+from llmbench.judge.thresholds import Thresholds, parse_option, parse_spec
 
 NIGHTLY = runs("nightly")
 T2, T1 = runs("repeats/t2")[0], runs("repeats/t1")[0]

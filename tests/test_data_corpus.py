@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from llmbench.cli import cli
-from llmbench.data import corpus as corpus_module
-from llmbench.data.corpus import CACHE_DIR_NAME, PreparedCorpus, prepare_corpus
-from llmbench.data.make_sample import SAMPLE
 from llmbench.errors import UserError
+from llmbench.measure.data import corpus as corpus_module
+from llmbench.measure.data.corpus import CACHE_DIR_NAME, PreparedCorpus, prepare_corpus
+from llmbench.measure.data.make_sample import SAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_WORDS = SAMPLE.read_text().split()
@@ -175,7 +175,7 @@ def test_losing_a_preparation_race_uses_the_winners_entry(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_concurrent_preparations_publish_one_entry(tmp_path):
-    script = "import sys; from llmbench.data.corpus import prepare_corpus; print(prepare_corpus(sys.argv[1], 'gpt2', 1024).directory)"
+    script = "import sys; from llmbench.measure.data.corpus import prepare_corpus; print(prepare_corpus(sys.argv[1], 'gpt2', 1024).directory)"
     path = words_file(tmp_path / "text8", 400_000)
     procs = [
         subprocess.Popen(
@@ -195,7 +195,7 @@ _PEAK_RSS = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from llmbench.data.corpus import prepare_corpus
+    from llmbench.measure.data.corpus import prepare_corpus
 
     def status_kib(field):
         for line in Path("/proc/self/status").read_text().splitlines():

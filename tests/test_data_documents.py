@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from llmbench.data.documents import (
+from llmbench.errors import UserError
+from llmbench.measure.data.documents import (
     content_digest,
     iter_chunks,
     iter_labelled,
@@ -19,8 +20,7 @@ from llmbench.data.documents import (
     open_corpus,
     whitespace_cut,
 )
-from llmbench.data.make_sample import SAMPLE, build_sample
-from llmbench.errors import UserError
+from llmbench.measure.data.make_sample import SAMPLE, build_sample
 
 
 def test_missing_path_is_a_user_error(tmp_path):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from llmbench.data.corpus import PreparedCorpus, prepare_corpus
-from llmbench.data.make_sample import SAMPLE
-from llmbench.data.text import coprime_walk, text_batches
+from llmbench.define.loader import load_scenario
 from llmbench.errors import UserError
-from llmbench.scenario import load_scenario
+from llmbench.measure.data.corpus import PreparedCorpus, prepare_corpus
+from llmbench.measure.data.make_sample import SAMPLE
+from llmbench.measure.data.text import coprime_walk, text_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_WORDS = set(SAMPLE.read_text().split())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from llmbench.data.documents import Document, iter_chunks
-from llmbench.data.make_sample import SAMPLE
-from llmbench.data.tokenizer import (
+from llmbench.errors import UserError
+from llmbench.measure.data.documents import Document, iter_chunks
+from llmbench.measure.data.make_sample import SAMPLE
+from llmbench.measure.data.tokenizer import (
     BPE,
     WORDPIECE,
     check_vocab_size,
@@ -14,7 +15,6 @@ from llmbench.data.tokenizer import (
     tokenizer_kind,
     train_tokenizer,
 )
-from llmbench.errors import UserError
 
 # a quarter of the sample: enough for 1 024 ids, quick to train on
 TEXT = SAMPLE.read_text()[:250_000]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from llmbench.dsconfig import deep_merge, deepspeed_config
-from llmbench.scenario import CaseSpec
+from llmbench.define.schema import CaseSpec
+from llmbench.measure.dsconfig import deep_merge, deepspeed_config
 
 
 def spec(**sections) -> CaseSpec:

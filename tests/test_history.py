@@ -13,8 +13,8 @@ from golden_runs import DATA, copy_run, runs
 
 from llmbench.cli import cli
 from llmbench.errors import UserError
-from llmbench.history import History, change_points, resolve_run, trend
-from llmbench.report.frame import read_run
+from llmbench.judge.history import History, change_points, resolve_run, trend
+from llmbench.judge.runs import read_run
 
 NIGHTLY = runs("nightly")
 HISTORY = runs("history")
@@ -104,7 +104,7 @@ def test_two_processes_appending_at_once_lose_nothing(tmp_path):
     script = textwrap.dedent(
         """
         import sys
-        from llmbench.history import History
+        from llmbench.judge.history import History
         h = History(sys.argv[1])
         tag, folders = sys.argv[2], sys.argv[3:]
         for i in range(40):

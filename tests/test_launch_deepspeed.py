@@ -28,12 +28,12 @@ from launch_cases import (
     write_case,
 )
 
+from llmbench.define.loader import parse_scenario
 from llmbench.errors import UserError
 from llmbench.hardware import detect
-from llmbench.launch.deepspeed import BACKENDS, PLACEMENT, DeepSpeedLauncher
-from llmbench.launch.layout import NodeLayout
-from llmbench.launch.rank import SCRIPT
-from llmbench.scenario import parse_scenario
+from llmbench.measure.launch.deepspeed import BACKENDS, PLACEMENT, DeepSpeedLauncher
+from llmbench.measure.launch.layout import NodeLayout
+from llmbench.measure.launch.rank import SCRIPT
 
 TWO_NODES = "node-a slots=4\nnode-b slots=4\n"
 CASE = Path("/shared/run/cases/abc")

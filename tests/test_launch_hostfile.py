@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from llmbench.errors import UserError
-from llmbench.launch.hostfile import (
+from llmbench.measure.launch.hostfile import (
     format_hostfile,
     local_names,
     parse_hostfile,

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from launch_cases import case_env, wait_for, write_case
 
-from llmbench.launch.outcome import classify
-from llmbench.launch.rank import (
+from llmbench.measure.launch.outcome import classify
+from llmbench.measure.launch.rank import (
     SCRIPT,
     exit_codes,
     placement,
@@ -117,7 +117,7 @@ def test_a_worker_killed_by_sigkill_is_recorded_and_classified_oom(tmp_path):
     """The kernel's OOM killer leaves no record; the supervisor's exit file still tells."""
     case_dir = write_case(tmp_path, world_size=1)
     proc, worker = start_rank(case_dir)
-    assert "llmbench.worker" in " ".join(worker.cmdline())
+    assert "llmbench.measure.worker" in " ".join(worker.cmdline())
     worker.send_signal(signal.SIGKILL)
     assert proc.wait(30) == 128 + signal.SIGKILL
     assert exit_codes(case_dir) == {"0": -signal.SIGKILL}

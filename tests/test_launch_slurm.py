@@ -19,11 +19,11 @@ from conftest import read_results, run_dirs, run_llmbench
 from launch_cases import TINY, case_env, processes_of, ranks_started, wait_for, write_case
 
 from llmbench.errors import UserError
-from llmbench.launch.layout import NodeLayout
-from llmbench.launch.outcome import classify
-from llmbench.launch.rank import SCRIPT
-from llmbench.launch.slurm import SlurmLauncher
-from llmbench.launch.slurm_job import (
+from llmbench.measure.launch.layout import NodeLayout
+from llmbench.measure.launch.outcome import classify
+from llmbench.measure.launch.rank import SCRIPT
+from llmbench.measure.launch.slurm import SlurmLauncher
+from llmbench.measure.launch.slurm_job import (
     CaseJob,
     JobInfo,
     SlurmJob,
@@ -85,7 +85,7 @@ def test_the_job_script_finds_the_first_node_and_a_free_port_there():
         "# llmbench case job; sbatch options in submit.json beside this file\n"
         "set -eu\n"
         'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"\n'
-        f"export MASTER_PORT=\"$({PY} -c 'from llmbench.launch.base import free_port; "
+        f"export MASTER_PORT=\"$({PY} -c 'from llmbench.measure.process import free_port; "
         "print(free_port())')\"\n"
         f"exec srun --kill-on-bad-exit=1 {PY} -u {SCRIPT} --placement slurm {CASE}/task.json\n"
     )
@@ -198,7 +198,7 @@ def cluster():
 
 
 def test_srun_tasks_find_their_rank_whatever_the_shell_had(cluster):
-    code = "import json, os; from llmbench.launch.rank import placement; print(json.dumps(placement(os.environ, 'slurm')))"
+    code = "import json, os; from llmbench.measure.launch.rank import placement; print(json.dumps(placement(os.environ, 'slurm')))"
     out = subprocess.run(
         ["srun", "--ntasks=2", "--nodes=1", PY, "-c", code],
         capture_output=True,

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmbench.metrics import (
-    StepShape,
-    recompute_flops_per_token,
-    slowest_rank_per_step,
-    step_stats,
-    throughput,
-    training_flops_per_token,
-)
+from llmbench.flops import recompute_flops_per_token, training_flops_per_token
+from llmbench.judge.stats import slowest_rank_per_step, step_stats
+from llmbench.measure.metrics import StepShape, throughput
 
 
 def test_step_stats_from_raw_times():

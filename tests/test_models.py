@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmbench.models import (
+from llmbench.define.models import (
     FAMILIES,
     build_model,
     count_parameters,
@@ -72,7 +72,7 @@ def test_dimension_overrides():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_config_round_trip(family):
-    from llmbench.models import dims_from_config
+    from llmbench.define.models import dims_from_config
 
     for dims in FAMILIES[family].presets.values():
         back = dims_from_config(family, hf_config(family, dims, FAMILIES[family].default_task))

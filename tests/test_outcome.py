@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from llmbench.launch.outcome import classify, classify_error
+from llmbench.measure.launch.outcome import classify, classify_error
+from llmbench.measure.record import RankRecord
 
 
-def rec(rank, status="ok", error_type=None, error=None):
-    return {"rank": rank, "status": status, "error_type": error_type, "error": error}
+def rec(rank, status="ok", error_type=None, error=None) -> RankRecord:
+    return RankRecord(rank=rank, world_size=2, status=status, error_type=error_type, error=error)
 
 
 def test_deepspeed_refusals_are_unsupported():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from llmbench.define.loader import parse_scenario
 from llmbench.errors import UserError
-from llmbench.parity import ParityCheck, deviation, reference_spec
-from llmbench.result import CaseResult
-from llmbench.scenario import parse_scenario
+from llmbench.judge.parity import ParityCheck, deviation, reference_spec
+from llmbench.judge.result import CaseResult
 from tests.conftest import read_results, run_dirs, run_llmbench
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmbench.models import Dims, resolve_dims
+from llmbench.define.models import Dims, resolve_dims
 from llmbench.plan import activations
 from llmbench.plan.activations import PAPER, RECIPES, block_activation_bytes, saved_activation_bytes
 from llmbench.plan.probe import measure_activations, spec_from_overrides

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmbench.define.cases import Case
+from llmbench.define.schema import CaseSpec
+from llmbench.judge.result import CaseResult
 from llmbench.plan.assumptions import Assumptions
 from llmbench.plan.calibrate import Calibration, invert, size_class
 from llmbench.plan.configs import enumerate_configs, from_specs
@@ -23,8 +26,6 @@ from llmbench.plan.memory import memory_terms
 from llmbench.plan.predict import predict
 from llmbench.plan.target import gpu_target
 from llmbench.plan.throughput import step_time
-from llmbench.result import CaseResult
-from llmbench.scenario import Case, CaseSpec
 
 GOLDEN = Path(__file__).parent / "data" / "runs" / "sweep"
 GiB = 2**30

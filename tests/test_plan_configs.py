@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmbench.models import resolve_dims
+from llmbench.define.models import resolve_dims
+from llmbench.define.schema import CaseSpec
 from llmbench.plan.configs import (
     CHECKPOINTING,
     PRECISIONS,
@@ -13,7 +14,6 @@ from llmbench.plan.configs import (
     from_specs,
     parallel_degrees,
 )
-from llmbench.scenario import CaseSpec
 
 LLAMA_7B = resolve_dims("llama", "7b")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from llmbench.define.models import meta_parameter_counts, resolve_dims
 from llmbench.errors import UserError
-from llmbench.models import meta_parameter_counts, resolve_dims
 from llmbench.plan.describe import describe_model
 
 DATA = Path(__file__).parent / "data" / "plan"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from llmbench.errors import UserError
-from llmbench.history import History
+from llmbench.judge.history import History
+from llmbench.judge.result import CaseResult
 from llmbench.plan.history import device_of, load_measurements, read_sources, run_dirs
-from llmbench.result import CaseResult
 
 GOLDEN = Path(__file__).parent / "data" / "runs" / "sweep"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llmbench.define.schema import CaseSpec
 from llmbench.plan.configs import from_specs
 from llmbench.plan.describe import describe_model
 from llmbench.plan.memory import (
@@ -15,7 +16,6 @@ from llmbench.plan.memory import (
     states_llmbench,
     states_paper,
 )
-from llmbench.scenario import CaseSpec
 
 
 def configs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmbench.metrics import recompute_flops_per_token, training_flops_per_token
+from llmbench.flops import recompute_flops_per_token, training_flops_per_token
 from llmbench.plan.assumptions import Assumptions
 from llmbench.plan.configs import enumerate_configs
 from llmbench.plan.describe import describe_model

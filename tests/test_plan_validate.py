@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from llmbench.judge.runs import read_run
 from llmbench.plan.validate import summary, validate
-from llmbench.report.frame import read_run
 from tests.conftest import run_dirs, run_llmbench
 
 GOLDEN = Path(__file__).parent / "data" / "runs" / "sweep"

@@ -10,9 +10,9 @@ from conftest import run_dirs, run_llmbench
 from golden_runs import copy_run, runs
 from rich.console import Console
 
-from llmbench.history import History
-from llmbench.regression import CompareOptions, compare_finished_run, index_finished_run
-from llmbench.store import RunDir
+from llmbench.judge.history import History
+from llmbench.judge.regression import CompareOptions, compare_finished_run, index_finished_run
+from llmbench.judge.store import RunDir
 
 T2, T1 = runs("repeats/t2")[0], runs("repeats/t1")[0]
 NIGHTLY = runs("nightly")

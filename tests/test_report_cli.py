@@ -9,7 +9,7 @@ import pandas as pd
 from golden_runs import DATA, runs
 
 from llmbench.cli import cli
-from llmbench.history import History
+from llmbench.judge.history import History
 
 SWEEP = runs("sweep")[0]
 

@@ -10,7 +10,7 @@ import pytest
 from golden_runs import copy_run, runs
 
 from llmbench.cli import cli
-from llmbench.report.frame import (
+from llmbench.judge.runs import (
     DEVICE_MEMORY,
     load_runs,
     memory_metric,
@@ -19,7 +19,7 @@ from llmbench.report.frame import (
     read_run,
     runs_frame,
 )
-from llmbench.store import CorruptLineWarning
+from llmbench.judge.store import CorruptLineWarning
 
 SWEEP = runs("sweep")[0]
 T1 = runs("repeats/t1")[0]

@@ -12,9 +12,9 @@ from html.parser import HTMLParser
 import pytest
 from golden_runs import copy_run, runs
 
-from llmbench.report import html
-from llmbench.report.frame import read_run, runs_frame
-from llmbench.report.pivot import build_pivot
+from llmbench.judge.report import html
+from llmbench.judge.report.pivot import build_pivot
+from llmbench.judge.runs import read_run, runs_frame
 
 SWEEP = runs("sweep")[0]
 PNG = b"\x89PNG\r\n\x1a\n"

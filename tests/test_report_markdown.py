@@ -6,9 +6,9 @@ import json
 
 from golden_runs import copy_run, runs
 
-from llmbench.report import markdown
-from llmbench.report.frame import read_run, runs_frame
-from llmbench.report.pivot import build_pivot
+from llmbench.judge.report import markdown
+from llmbench.judge.report.pivot import build_pivot
+from llmbench.judge.runs import read_run, runs_frame
 
 SWEEP = runs("sweep")[0]
 

@@ -6,8 +6,8 @@ import pytest
 from golden_runs import runs
 
 from llmbench.errors import UserError
-from llmbench.report.frame import load_runs
-from llmbench.report.pivot import build_pivot, cell_lines
+from llmbench.judge.report.pivot import build_pivot, cell_lines
+from llmbench.judge.runs import load_runs
 
 SWEEP = runs("sweep")[0]
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 from golden_runs import runs
 from rich.console import Console
 
-from llmbench.compare import compare_runs, no_baseline
-from llmbench.report import verdicts
-from llmbench.report.frame import read_run
+from llmbench.judge.compare import compare_runs, no_baseline
+from llmbench.judge.report import verdicts
+from llmbench.judge.runs import read_run
 
 T2, T1 = runs("repeats/t2")[0], runs("repeats/t1")[0]
 

@@ -10,8 +10,8 @@ import time
 
 import pandas as pd
 
-from llmbench.sampling import save_timeline
-from llmbench.sampling.agent import merge_node_timelines, node_files
+from llmbench.measure.sampling import save_timeline
+from llmbench.measure.sampling.agent import merge_node_timelines, node_files
 
 
 def test_agent_samples_until_sigterm_and_leaves_its_files(tmp_path):
@@ -21,7 +21,7 @@ def test_agent_samples_until_sigterm_and_leaves_its_files(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "llmbench.sampling.agent",
+                "llmbench.measure.sampling.agent",
                 str(tmp_path),
                 "--root",
                 str(sleeper.pid),

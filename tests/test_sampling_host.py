@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmbench.sampling import HostSampler, SamplerSet
-from llmbench.sampling import base as base_module
-from llmbench.sampling.base import TREE_REFRESH_S, Sampler
+from llmbench.measure.sampling import HostSampler, SamplerSet
+from llmbench.measure.sampling import base as base_module
+from llmbench.measure.sampling.base import TREE_REFRESH_S, Sampler
 
 MiB = 2**20
 

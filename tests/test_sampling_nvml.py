@@ -10,15 +10,15 @@ import time
 import pytest
 from fake_pynvml import FakeGpu, FakeNvml, GiB, NVMLError_LibraryNotFound
 
-from llmbench.sampling import (
+from llmbench.judge.timeline import timeline_frame
+from llmbench.measure.sampling import (
     NvmlSampler,
     make_samplers,
     read_phase_events,
     summarize,
     tag_phases,
 )
-from llmbench.sampling.nvml import clock_event_names
-from llmbench.sampling.timeline import timeline_frame
+from llmbench.measure.sampling.nvml import clock_event_names
 
 LIBRARY_NOT_FOUND = "nvml unavailable: NVMLError_LibraryNotFound: NVML Shared Library Not Found"
 
@@ -198,7 +198,7 @@ def test_case_memory_is_unknown_when_nvml_cannot_attribute_it(install):
 
 
 def phase_events(start: float, end: float):
-    from llmbench.sampling import PhaseEvent
+    from llmbench.measure.sampling import PhaseEvent
 
     return [PhaseEvent("measure", start), PhaseEvent("teardown", end)]
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from llmbench.sampling import PhaseEvent, measure_window, summarize
-from llmbench.sampling.host import HostSampler
-from llmbench.sampling.nvml import NvmlSampler
-from llmbench.sampling.summary import NO_MEASURE, NO_SAMPLES, NVML_NAMES
-from llmbench.sampling.timeline import timeline_frame
+from llmbench.judge.timeline import timeline_frame
+from llmbench.measure.sampling import PhaseEvent, measure_window, summarize
+from llmbench.measure.sampling.host import HostSampler
+from llmbench.measure.sampling.nvml import NvmlSampler
+from llmbench.measure.sampling.summary import NO_MEASURE, NO_SAMPLES, NVML_NAMES
 
 GiB = 2**30
 COLUMNS = [*HostSampler.columns, *NvmlSampler.columns]

@@ -7,17 +7,17 @@ import math
 import pandas as pd
 import pytest
 
-from llmbench.sampling import (
+from llmbench.judge.store import CorruptLineWarning
+from llmbench.judge.timeline import timeline_frame
+from llmbench.measure.sampling import (
     PhaseEvent,
     load_timeline,
     read_phase_events,
     save_timeline,
     tag_phases,
 )
-from llmbench.sampling.host import HostSampler
-from llmbench.sampling.nvml import NvmlSampler
-from llmbench.sampling.timeline import timeline_frame
-from llmbench.store import CorruptLineWarning
+from llmbench.measure.sampling.host import HostSampler
+from llmbench.measure.sampling.nvml import NvmlSampler
 
 COLUMNS = [*HostSampler.columns, *NvmlSampler.columns]
 T0 = 1_795_872_546.0

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
+from llmbench.define.cases import Case, case_id
+from llmbench.define.loader import load_scenario, parse_scenario
+from llmbench.define.schema import CaseSpec
 from llmbench.errors import UserError
-from llmbench.scenario import Case, CaseSpec, case_id, load_scenario, parse_scenario
 
 ZERO = """\
 name: z
@@ -194,7 +196,7 @@ def test_missing_file_and_directory(tmp_path):
 def test_expansion_does_not_import_torch():
     import subprocess
 
-    code = "import sys; from llmbench.scenario import parse_scenario; parse_scenario(open('scenarios/zero_sweep.yaml').read()).expand(); print('torch' in sys.modules)"
+    code = "import sys; from llmbench.define.loader import parse_scenario; parse_scenario(open('scenarios/zero_sweep.yaml').read()).expand(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

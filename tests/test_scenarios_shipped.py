@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmbench.scenario import load_scenario
+from llmbench.define.loader import load_scenario
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.yaml"))
 

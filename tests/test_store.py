@@ -7,8 +7,8 @@ import multiprocessing
 import pytest
 
 from llmbench.errors import UserError
-from llmbench.result import CaseResult
-from llmbench.store import CorruptLineWarning, RunDir, append_line, read_jsonl
+from llmbench.judge.result import CaseResult
+from llmbench.judge.store import CorruptLineWarning, RunDir, append_line, read_jsonl
 
 
 def result(i: int, repeat: int = 0) -> CaseResult:

@@ -31,7 +31,7 @@ from llmbench.define.models import DIM_FIELDS, resolve_dims
 from llmbench.hardware import gpu_spec
 from llmbench.judge.parity import TOLERANCES
 from llmbench.judge.result import CaseResult
-from llmbench.judge.results import read_run
+from llmbench.judge.runs import read_run
 from llmbench.judge.timeline import load_timeline, read_phase_events
 
 # The thresholds the issue states; each is a claim about a healthy H200 run.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from llmbench.models import Dims
+from llmbench.define.models import Dims
 
 FP32_BYTES = 4
 

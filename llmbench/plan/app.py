@@ -17,6 +17,7 @@ import pandas as pd
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from llmbench import units
 from llmbench.errors import UserError, did_you_mean
 from llmbench.plan import render
 from llmbench.plan.assumptions import Assumptions
@@ -28,7 +29,6 @@ from llmbench.plan.memory import ACCOUNTINGS
 from llmbench.plan.search import Query, largest_model, min_gpus, plan
 from llmbench.plan.target import gpu_target
 from llmbench.plan.validate import summary, validate
-from llmbench.report import fmt
 
 FORMATS = ("table", "markdown", "json", "html")
 DEFAULT_SOURCES = ("reports/runs", "reports/history.sqlite")
@@ -175,7 +175,7 @@ def answer(request: Request) -> Answer:
 
 
 def _validate(request: Request, history: Sequence[str], assumptions: Assumptions) -> Answer:
-    from llmbench.history import DEFAULT_PATH, History, resolve_run
+    from llmbench.judge.history import DEFAULT_PATH, History, resolve_run
 
     run = resolve_run(str(request.validate_run), History(DEFAULT_PATH))
     frame = validate(run, history, assumptions)
@@ -208,8 +208,8 @@ def _largest(request: Request, rows: list[dict[str, Any]], gpu_name: str) -> Ans
                 "seq": str(r["seq_len"]),
                 "fits": "yes" if r["fits"] else "no",
                 "best configuration": r["best_configuration"] or "–",
-                "tokens/s": fmt.rate(r["best_tokens_per_s"]),
-                "smallest total/GPU": fmt.bytes_(r["smallest_total_bytes"]),
+                "tokens/s": units.rate(r["best_tokens_per_s"]),
+                "smallest total/GPU": units.bytes_(r["smallest_total_bytes"]),
             }
             for r in rows
         ]

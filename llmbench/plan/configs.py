@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from llmbench.models import FAMILIES, Dims
-from llmbench.scenario import CaseSpec
+from llmbench.define.models import FAMILIES, Dims
+from llmbench.define.schema import CaseSpec
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 CHECKPOINTING = ("none", "selective", "full")

@@ -14,8 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from llmbench.errors import UserError, did_you_mean
-from llmbench.models import (
+from llmbench.define.models import (
     DIM_FIELDS,
     FAMILIES,
     Dims,
@@ -27,6 +26,7 @@ from llmbench.models import (
     parse_model_name,
     resolve_dims,
 )
+from llmbench.errors import UserError, did_you_mean
 
 # transformers ``model_type`` -> llmbench family, for configs read from disk
 _MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "distilbert": "distilbert", "bert": "bert"}

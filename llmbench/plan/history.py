@@ -15,12 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from llmbench.define.schema import CaseSpec
 from llmbench.errors import UserError
 from llmbench.hardware import gpu_spec
-from llmbench.report.frame import Run, read_run
-from llmbench.result import CaseResult
-from llmbench.scenario import CaseSpec
-from llmbench.store import RESULTS
+from llmbench.judge.result import CaseResult
+from llmbench.judge.runs import Run, read_run
+from llmbench.judge.store import RESULTS
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def run_dirs(paths: Sequence[str | Path]) -> list[Path]:
 
 def read_sources(paths: Sequence[str | Path]) -> list[Run]:
     """Every run the sources hold: run directories, folders of them, history files."""
-    from llmbench.history import History
+    from llmbench.judge.history import History
 
     runs = [read_run(p) for p in run_dirs(paths)]
     for path in map(Path, paths):

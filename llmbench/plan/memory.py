@@ -28,10 +28,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from llmbench.define.schema import DeepSpeedSpec
 from llmbench.plan import activations
 from llmbench.plan.configs import Configs
 from llmbench.plan.describe import ModelDescription
-from llmbench.scenario import DeepSpeedSpec
 
 ACCOUNTINGS = ("llmbench", "deepspeed", "paper")
 _ESTIMATOR_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor default

@@ -38,8 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmbench.define.loader import parse_scenario
+from llmbench.define.schema import CaseSpec
 from llmbench.errors import UserError
-from llmbench.scenario import CaseSpec, parse_scenario
 
 ROLES = ("params", "grads", "master", "optimizer_state", "reduce_bucket", "buffers")
 STATE_ROLES = ("params", "grads", "master", "optimizer_state", "buffers")
@@ -178,9 +179,9 @@ def _rank_main(task_path: str) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from llmbench.dsconfig import deepspeed_config
-    from llmbench.launch.base import die_with_parent
-    from llmbench.training import build_batches, build_training_model, train_step
+    from llmbench.measure.dsconfig import deepspeed_config
+    from llmbench.measure.process import die_with_parent
+    from llmbench.measure.training import build_batches, build_training_model, train_step
 
     die_with_parent()
     task = json.loads(Path(task_path).read_text())
@@ -269,7 +270,7 @@ def measure_model_states(
     spec: CaseSpec, micro_batch: int = 1, timeout_s: float = 300.0
 ) -> list[RankStates]:
     """Start every rank of ``spec`` on this machine's CPU; per-rank model-state bytes."""
-    from llmbench.launch.base import free_port, kill_group
+    from llmbench.measure.process import free_port, kill_group
 
     if spec.parallel.tp > 1 or spec.parallel.pp > 1:
         raise UserError("the probe measures data-parallel ZeRO cases only (tp = pp = 1)")
@@ -328,8 +329,8 @@ def measure_activations(spec: CaseSpec, micro_batch: int) -> dict[str, int]:
     """
     import torch
 
-    from llmbench.models import build_model, hf_config
-    from llmbench.training import build_batches, enable_full_recompute
+    from llmbench.define.models import build_model, hf_config
+    from llmbench.measure.training import build_batches, enable_full_recompute
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         spec.deepspeed.precision

@@ -19,10 +19,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from llmbench import units
 from llmbench.plan.assumptions import Assumptions
 from llmbench.plan.predict import Prediction
 from llmbench.plan.search import describe_row
-from llmbench.report import fmt
 
 GiB = 2**30
 MEMORY_COLUMNS = (
@@ -77,7 +77,7 @@ JSON_COLUMNS = (
 
 
 def _gib(value: Any) -> str:
-    return fmt.number(float(value) / GiB, 3) if value is not None and not _nan(value) else "–"
+    return units.number(float(value) / GiB, 3) if value is not None and not _nan(value) else "–"
 
 
 def _nan(value: Any) -> bool:
@@ -85,11 +85,11 @@ def _nan(value: Any) -> bool:
 
 
 def _hours(value: Any) -> str:
-    return fmt.rate(value) if float(value) >= 10 else fmt.number(value, 3)
+    return units.rate(value) if float(value) >= 10 else units.number(value, 3)
 
 
 def _days(seconds: Any) -> str:
-    return "–" if _nan(float(seconds)) else fmt.number(float(seconds) / 86400, 3)
+    return "–" if _nan(float(seconds)) else units.number(float(seconds) / 86400, 3)
 
 
 def configurations_frame(
@@ -129,8 +129,8 @@ def configurations_frame(
                 "max mb": "–"
                 if _nan(float(r["max_micro_batch"]))
                 else str(int(r["max_micro_batch"])),
-                "tokens/s": fmt.rate(r["tokens_per_s"]),
-                "MFU": fmt.percent(r["mfu"]),
+                "tokens/s": units.rate(r["tokens_per_s"]),
+                "MFU": units.percent(r["mfu"]),
                 "days": _days(r["train_time_s"]),
                 "GPU-h": _hours(r["gpu_hours"]),
                 "cost": "–" if _nan(float(r["cost"])) else f"{float(r['cost']):,.0f}",
@@ -148,16 +148,16 @@ def header_lines(
     lines = [
         f"model: {m.name} ({m.source}) - {c.total:,} parameters: {c.embedding:,} embedding, "
         f"{c.per_layer:,} per layer × {c.num_layers}, largest module {m.largest_module_params:,}",
-        f"GPU: {gpus} × {t.name}, {fmt.bytes_(t.memory_bytes)} each; peak {fmt.number(t.peak('bf16') or float('nan'))} FLOP/s bf16 dense ({t.source})",
+        f"GPU: {gpus} × {t.name}, {units.bytes_(t.memory_bytes)} each; peak {units.number(t.peak('bf16') or float('nan'))} FLOP/s bf16 dense ({t.source})",
         f"sequence {query.seq_len}; accounting of model states: {prediction.accounting}",
-        f"token budget: {fmt.number(float(prediction.frame['train_tokens'].iloc[0]))} tokens"
+        f"token budget: {units.number(float(prediction.frame['train_tokens'].iloc[0]))} tokens"
         + (
             ""
             if query.tokens
             else f" ({assumptions.tokens_per_param.value:g} per parameter: {assumptions.tokens_per_param.source})"
         ),
-        f"fixed overhead {fmt.bytes_(prediction.fixed_overhead.value)}: {prediction.fixed_overhead.source}",
-        f"allocator margin {fmt.percent(prediction.allocator_margin.value)}: {prediction.allocator_margin.source}",
+        f"fixed overhead {units.bytes_(prediction.fixed_overhead.value)}: {prediction.fixed_overhead.source}",
+        f"allocator margin {units.percent(prediction.allocator_margin.value)}: {prediction.allocator_margin.source}",
     ]
     runs = prediction.calibration_runs
     lines.append(
@@ -169,11 +169,11 @@ def header_lines(
     lines += [f"compute efficiency: {prediction.rate_sources[i]}" for i in used]
     lines += [
         f"links: {assumptions.link_efficiency.value:g} × per-direction NVLink/PCIe peer bandwidth ({assumptions.link_efficiency.source}); "
-        f"between nodes {fmt.number(assumptions.inter_node_bytes_s.value)} B/s ({assumptions.inter_node_bytes_s.source})"
+        f"between nodes {units.number(assumptions.inter_node_bytes_s.value)} B/s ({assumptions.inter_node_bytes_s.source})"
     ]
     host = assumptions.host_memory_bytes_per_node
     lines.append(
-        f"offload may use {fmt.bytes_(host.value)} of host memory per node ({host.source})"
+        f"offload may use {units.bytes_(host.value)} of host memory per node ({host.source})"
     )
     if query.cost_per_gpu_hour is None:
         lines.append("cost: not shown - give --cost-per-gpu-hour (llmbench never assumes a price)")
@@ -284,15 +284,15 @@ def validation_frame(frame: pd.DataFrame) -> pd.DataFrame:
             {
                 "label": r["label"],
                 "device": r["device"],
-                "states": fmt.bytes_(r["model_states_bytes"]),
-                "buffers": fmt.bytes_(r["buffers_bytes"]),
-                "activ": fmt.bytes_(r["activations_bytes"]),
-                "overhead": fmt.bytes_(r["overhead_bytes"]),
-                "pred peak": fmt.bytes_(r["predicted_peak_bytes"]),
-                "meas peak": fmt.bytes_(r["measured_peak_bytes"]),
+                "states": units.bytes_(r["model_states_bytes"]),
+                "buffers": units.bytes_(r["buffers_bytes"]),
+                "activ": units.bytes_(r["activations_bytes"]),
+                "overhead": units.bytes_(r["overhead_bytes"]),
+                "pred peak": units.bytes_(r["predicted_peak_bytes"]),
+                "meas peak": units.bytes_(r["measured_peak_bytes"]),
                 "mem err": err(r["peak_error"]),
-                "pred tok/s": fmt.rate(r["predicted_tokens_per_s"]),
-                "meas tok/s": fmt.rate(r["measured_tokens_per_s"]),
+                "pred tok/s": units.rate(r["predicted_tokens_per_s"]),
+                "meas tok/s": units.rate(r["measured_tokens_per_s"]),
                 "tok/s err": err(r["tokens_per_s_error"]),
             }
             for _, r in frame.iterrows()
@@ -304,8 +304,8 @@ def validation_lines(frame: pd.DataFrame, summary: dict[str, Any]) -> list[str]:
     metric = ", ".join(sorted(set(frame["measured_peak_metric"])))
     lines = [
         f"measured peak: {metric}; each case predicted with a calibration that leaves it out",
-        f"memory error: median {fmt.percent(summary['peak_error_median_abs'])}, worst {fmt.percent(summary['peak_error_max_abs'])} over {summary['cases']} case(s)",
-        f"throughput error: median {fmt.percent(summary['tokens_per_s_error_median_abs'])}, worst {fmt.percent(summary['tokens_per_s_error_max_abs'])}",
+        f"memory error: median {units.percent(summary['peak_error_median_abs'])}, worst {units.percent(summary['peak_error_max_abs'])} over {summary['cases']} case(s)",
+        f"throughput error: median {units.percent(summary['tokens_per_s_error_median_abs'])}, worst {units.percent(summary['tokens_per_s_error_max_abs'])}",
     ]
     lines += [f"overhead: {s}" for s in sorted(set(frame["overhead_source"]))]
     lines += [f"rate: {s}" for s in sorted(set(frame["rate_source"]))]
@@ -342,10 +342,10 @@ def to_html(
         cost = "" if _nan(float(best["cost"])) else f", cost {float(best['cost']):,.0f}"
         verdict = (
             f"<p><strong>Recommended:</strong> {html.escape(describe_row(best))} - "
-            f"{fmt.rate(best['tokens_per_s'])} tokens/s, MFU {fmt.percent(best['mfu'])}, "
-            f"{fmt.bytes_(best['total_bytes'])} of {fmt.bytes_(t.memory_bytes)} per GPU; "
-            f"{fmt.number(float(best['train_tokens']))} tokens in {_days(best['train_time_s'])} days, "
-            f"{fmt.rate(best['gpu_hours'])} GPU-hours{cost}.</p>"
+            f"{units.rate(best['tokens_per_s'])} tokens/s, MFU {units.percent(best['mfu'])}, "
+            f"{units.bytes_(best['total_bytes'])} of {units.bytes_(t.memory_bytes)} per GPU; "
+            f"{units.number(float(best['train_tokens']))} tokens in {_days(best['train_time_s'])} days, "
+            f"{units.rate(best['gpu_hours'])} GPU-hours{cost}.</p>"
         )
     parts = [
         verdict,

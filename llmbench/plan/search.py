@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llmbench.define.models import FAMILIES, resolve_dims
 from llmbench.errors import UserError
-from llmbench.models import FAMILIES, resolve_dims
 from llmbench.plan.assumptions import Assumptions
 from llmbench.plan.calibrate import Calibration
 from llmbench.plan.configs import MICRO_BATCHES, ZERO_OFFLOAD, enumerate_configs

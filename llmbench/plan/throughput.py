@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmbench.metrics import recompute_flops_per_token, training_flops_per_token
+from llmbench.flops import recompute_flops_per_token, training_flops_per_token
 from llmbench.plan.assumptions import Assumptions
 from llmbench.plan.configs import CHECKPOINTING, Configs
 from llmbench.plan.describe import ModelDescription

@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 
 from llmbench.errors import UserError
+from llmbench.judge.runs import Run
 from llmbench.plan.assumptions import Assumptions
 from llmbench.plan.calibrate import Calibration, Point, invert, target_of
 from llmbench.plan.configs import from_specs
 from llmbench.plan.history import load_measurements, measurements
 from llmbench.plan.memory import ZeroKnobs
 from llmbench.plan.predict import predict
-from llmbench.report.frame import Run
 
 
 def _error(predicted: float | None, measured: float | None) -> float | None:

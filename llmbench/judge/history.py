@@ -1,0 +1,498 @@
+"""The run history: an append-only SQLite index of every run, for trends and baselines.
+
+One file (default ``reports/history.sqlite``, next to ``reports/runs/``) in
+stdlib sqlite3's WAL mode, so readers never block the writer. Each run is
+indexed in one ``BEGIN IMMEDIATE`` transaction that waits up to
+``BUSY_TIMEOUT_S`` for the write lock: several processes can index at once and
+none loses a row. The schema version is ``PRAGMA user_version``; a file from a
+newer llmbench is refused rather than misread.
+
+Append-only: triggers abort any UPDATE or DELETE. Indexing a run again adds
+only the results it did not have (a resumed sweep), and decisions about runs
+(a compare verdict, an operator's "good"/"bad" mark) are new rows, the latest
+one winning.
+
+Each result is stored whole (its results.jsonl line), so ``compare`` works
+from a stored run id even after the run directory is gone; numeric metrics are
+also stored one per row for trend queries.
+
+Change points over a metric's history use a rolling-median step detector
+(see :func:`change_points`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from llmbench.errors import UserError
+from llmbench.judge.result import CaseResult
+from llmbench.judge.runs import FAILED_STATUSES, Run, read_run
+from llmbench.judge.store import RESULTS
+from llmbench.judge.thresholds import default_threshold
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+HISTORY_NAME = "history.sqlite"
+DEFAULT_PATH = Path("reports") / HISTORY_NAME
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    scenario TEXT NOT NULL,
+    fingerprint TEXT,
+    source TEXT NOT NULL,
+    path TEXT,
+    started_at TEXT NOT NULL,
+    indexed_at TEXT NOT NULL,
+    env TEXT NOT NULL,
+    scenario_doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    case_id TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, case_id, repeat)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, case_id, repeat, name)
+);
+CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (name, case_id);
+CREATE INDEX IF NOT EXISTS runs_by_scenario ON runs (scenario, fingerprint, started_at);
+CREATE TABLE IF NOT EXISTS verdicts (
+    run_id TEXT NOT NULL,
+    baseline_id TEXT,
+    exit_code INTEGER NOT NULL,
+    headline TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS marks (
+    run_id TEXT NOT NULL,
+    mark TEXT NOT NULL CHECK (mark IN ('good', 'bad')),
+    note TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+"""
+_TABLES = ("runs", "results", "metrics", "verdicts", "marks")
+
+
+def _append_only_triggers() -> str:
+    return "\n".join(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;"
+        for table in _TABLES
+        for op in ("UPDATE", "DELETE")
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def history_next_to(runs_root: Path) -> Path:
+    """``reports/runs`` → ``reports/history.sqlite``: the index lives beside the runs."""
+    return runs_root.resolve().parent / HISTORY_NAME
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    scenario: str
+    fingerprint: str | None
+    source: str
+    path: str | None
+    started_at: str
+    cases: int
+    statuses: dict[str, int]
+    verdict: str | None
+    """Headline of the latest comparison that judged this run."""
+    exit_code: int | None
+    """Exit code of that comparison."""
+    mark: str | None
+
+
+class History:
+    """The SQLite index at ``path`` (created on first write)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextmanager
+    def _connect(self, write: bool) -> Iterator[sqlite3.Connection]:
+        if not write and not self.path.exists():
+            raise UserError("no history yet (index a run first)", where=str(self.path))
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise UserError(f"cannot open the history: {exc}", where=str(self.path)) from None
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"written by a newer llmbench (schema {version}, this one reads {SCHEMA_VERSION})",
+                    where=str(self.path),
+                )
+            if write:
+                db.execute("BEGIN IMMEDIATE")
+                if version < SCHEMA_VERSION:
+                    db.executescript(_SCHEMA + _append_only_triggers())
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            yield db
+            if write:
+                db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise UserError(f"history database error: {exc}", where=str(self.path)) from None
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    # ----------------------------------------------------------------- writing
+
+    def index_run(self, run: Run, source: str = "llmbench") -> int:
+        """Add a run and whichever of its results are not indexed yet; returns how many were added."""
+        with self._connect(write=True) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id,
+                    run.scenario_name,
+                    run.fingerprint,
+                    source,
+                    str(run.path.resolve()) if run.path else None,
+                    run.started_at or _now(),
+                    _now(),
+                    json.dumps(run.env, default=str),
+                    json.dumps(run.scenario, default=str),
+                ),
+            )
+            known = {
+                (case, repeat)
+                for case, repeat in db.execute(
+                    "SELECT case_id, repeat FROM results WHERE run_id = ?", (run.run_id,)
+                )
+            }
+            new = [r for r in run.results if (r.case_id, r.repeat) not in known]
+            db.executemany(
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                [(run.run_id, r.case_id, r.repeat, r.label, r.status, r.to_json()) for r in new],
+            )
+            db.executemany(
+                "INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                [
+                    (run.run_id, r.case_id, r.repeat, name, float(value))
+                    for r in new
+                    for name, value in r.metrics.items()
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)
+                ],
+            )
+        return len(new)
+
+    def index_paths(self, paths: Sequence[str | Path]) -> list[tuple[str, int]]:
+        """Index run directories, or every run directory inside a folder of runs."""
+        done = []
+        for given in paths:
+            path = Path(given)
+            if (path / RESULTS).exists():
+                found = [path]
+            elif path.is_dir():
+                found = sorted(p.parent for p in path.glob(f"*/{RESULTS}"))
+                if not found:
+                    raise UserError("no run directories here", where=str(path))
+            else:
+                raise UserError("not a run directory or a folder of runs", where=str(path))
+            for run_path in found:
+                run = read_run(run_path)
+                done.append((run.run_id, self.index_run(run)))
+        return done
+
+    def record_verdict(
+        self, run_id: str, baseline_id: str | None, exit_code: int, headline: str
+    ) -> None:
+        with self._connect(write=True) as db:
+            db.execute(
+                "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)",
+                (run_id, baseline_id, exit_code, headline, _now()),
+            )
+
+    def mark(self, run_id: str, mark: str, note: str = "") -> None:
+        """Record an operator's decision: 'good' makes a run eligible as a baseline, 'bad' excludes it."""
+        with self._connect(write=True) as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise UserError("no such run in the history", where=str(self.path), key=run_id)
+            db.execute("INSERT INTO marks VALUES (?, ?, ?, ?)", (run_id, mark, note, _now()))
+
+    # ----------------------------------------------------------------- reading
+
+    def runs(self, scenario: str | None = None, fingerprint: str | None = None) -> list[RunRow]:
+        """Indexed runs, newest first, with their status counts, latest verdict and mark."""
+        where, args = _filters(scenario=scenario, fingerprint=fingerprint)
+        with self._connect(write=False) as db:
+            rows = db.execute(
+                f"""
+                SELECT r.run_id, r.scenario, r.fingerprint, r.source, r.path, r.started_at,
+                    (SELECT json_group_object(status, n) FROM (
+                        SELECT status, COUNT(*) AS n FROM results s
+                        WHERE s.run_id = r.run_id GROUP BY status)),
+                    (SELECT COUNT(DISTINCT case_id) FROM results s WHERE s.run_id = r.run_id),
+                    (SELECT exit_code FROM verdicts v WHERE v.run_id = r.run_id
+                        ORDER BY v.rowid DESC LIMIT 1),
+                    (SELECT headline FROM verdicts v WHERE v.run_id = r.run_id
+                        ORDER BY v.rowid DESC LIMIT 1),
+                    (SELECT mark FROM marks m WHERE m.run_id = r.run_id
+                        ORDER BY m.rowid DESC LIMIT 1)
+                FROM runs r {where}
+                ORDER BY r.started_at DESC, r.run_id DESC
+                """,
+                args,
+            ).fetchall()
+        out = []
+        for run_id, scen, fp, source, path, started, statuses, cases, code, headline, mark in rows:
+            out.append(
+                RunRow(
+                    run_id=run_id,
+                    scenario=scen,
+                    fingerprint=fp,
+                    source=source,
+                    path=path,
+                    started_at=started,
+                    cases=cases,
+                    statuses=json.loads(statuses) if statuses else {},
+                    verdict=headline,
+                    exit_code=code,
+                    mark=mark,
+                )
+            )
+        return out
+
+    def load(self, run_id: str) -> Run | None:
+        """A stored run, rebuilt from the index (no run directory needed)."""
+        with self._connect(write=False) as db:
+            row = db.execute(
+                "SELECT env, scenario_doc, path FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            records = db.execute(
+                "SELECT record FROM results WHERE run_id = ? ORDER BY rowid", (run_id,)
+            ).fetchall()
+        results = [CaseResult.from_dict(json.loads(r)) for (r,) in records]
+        path = Path(row[2]) if row[2] and Path(row[2]).is_dir() else None
+        return Run(run_id, results, json.loads(row[0]), json.loads(row[1]), path)
+
+    def last_good(
+        self, scenario: str, fingerprint: str | None, exclude: str, before: str | None = None
+    ) -> RunRow | None:
+        """The newest run of this scenario and environment, started before ``before``, fit to be a baseline.
+
+        A run marked 'good' always is; one marked 'bad' never is; otherwise it
+        is when none of its cases errored and its own comparison (if any) found
+        no regression. So an unaccepted regression never becomes the baseline
+        that would hide it the next night.
+        """
+        for run in self.runs(scenario=scenario, fingerprint=fingerprint):
+            if run.run_id == exclude or run.mark == "bad":
+                continue
+            if before is not None and run.started_at > before:
+                continue
+            if run.mark == "good":
+                return run
+            if any(run.statuses.get(s) for s in FAILED_STATUSES):
+                continue
+            if run.exit_code:
+                continue
+            return run
+        return None
+
+    def metric_rows(
+        self,
+        metric: str,
+        scenario: str | None = None,
+        case: str | None = None,
+        fingerprint: str | None = None,
+    ) -> pd.DataFrame:
+        """One row per ok result holding ``metric``: run, time, case, label, value."""
+        where, args = _filters(scenario=scenario, fingerprint=fingerprint, case=case)
+        where = where.replace("WHERE", "AND") if where else ""
+        with self._connect(write=False) as db:
+            rows = db.execute(
+                f"""
+                SELECT m.run_id, r.started_at, r.fingerprint, m.case_id, s.label, m.value
+                FROM metrics m
+                JOIN runs r ON r.run_id = m.run_id
+                JOIN results s ON s.run_id = m.run_id AND s.case_id = m.case_id
+                    AND s.repeat = m.repeat
+                WHERE m.name = ? AND s.status = 'ok' AND m.value IS NOT NULL {where}
+                """,
+                (metric, *args),
+            ).fetchall()
+        return pd.DataFrame(
+            rows, columns=["run_id", "started_at", "fingerprint", "case_id", "label", "value"]
+        )
+
+    def metric_names(self) -> list[str]:
+        with self._connect(write=False) as db:
+            return [n for (n,) in db.execute("SELECT DISTINCT name FROM metrics ORDER BY name")]
+
+
+def _filters(
+    scenario: str | None = None, fingerprint: str | None = None, case: str | None = None
+) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if scenario is not None:
+        clauses.append("r.scenario = ?")
+        args.append(scenario)
+    if fingerprint is not None:
+        clauses.append("r.fingerprint = ?")
+        args.append(fingerprint)
+    if case is not None:
+        clauses.append("(s.case_id = ? OR s.label = ?)")
+        args += [case, case]
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+# --------------------------------------------------------------------------- change points
+
+MIN_SIDE = 3
+"""Points needed on each side of a shift before it can be called one."""
+WINDOW = 5
+"""Points on each side used to estimate the levels before and after."""
+Z = 4.0
+"""How many robust standard deviations (1.4826 × MAD) a shift must span."""
+
+
+def change_points(values: Sequence[float], metric: str) -> list[int]:
+    """Indices where the level of a series shifts: a rolling-median step detector.
+
+    At every index k with at least MIN_SIDE points on each side, compare the
+    median of up to WINDOW points after k with the median of up to WINDOW
+    points before it. The noise scale is 1.4826 × the median absolute
+    deviation of both windows around their own medians (a robust standard
+    deviation: Rousseeuw & Croux 1993). k is a candidate when the shift is
+    larger than Z noise scales *and* beyond the metric's compare threshold
+    (so history and compare agree on what a change is). Overlapping
+    candidates keep only the strongest (non-maximum suppression over WINDOW).
+    """
+    threshold = default_threshold(metric)
+    n = len(values)
+    candidates: list[tuple[float, int]] = []
+    for k in range(MIN_SIDE, n - MIN_SIDE + 1):
+        before = list(values[max(0, k - WINDOW) : k])
+        after = list(values[k : k + WINDOW])
+        level_before, level_after = statistics.median(before), statistics.median(after)
+        shift = abs(level_after - level_before)
+        residuals = [abs(v - level_before) for v in before] + [abs(v - level_after) for v in after]
+        scale = 1.4826 * statistics.median(residuals)
+        floor = threshold.limit(level_before) if threshold else 0.05 * abs(level_before)
+        if shift <= floor:
+            continue
+        score = shift / scale if scale > 0 else float("inf")
+        if score > Z:
+            candidates.append((score, k))
+    chosen: list[int] = []
+    for _, k in sorted(candidates, reverse=True):
+        if all(abs(k - c) >= WINDOW for c in chosen):
+            chosen.append(k)
+    return sorted(chosen)
+
+
+@dataclass
+class Trend:
+    metric: str
+    frame: pd.DataFrame
+    """run_id, started_at, fingerprint, case_id, label, value (median over repeats), change_point."""
+
+    @property
+    def change_points(self) -> list[tuple[str, str]]:
+        hits = self.frame[self.frame["change_point"]]
+        return list(zip(hits["case_id"], hits["run_id"], strict=True))
+
+
+def trend(
+    history: History,
+    metric: str,
+    scenario: str | None = None,
+    case: str | None = None,
+    fingerprint: str | None = None,
+    last: int | None = None,
+) -> Trend:
+    """A metric's history per case (median over repeats), change points flagged."""
+    rows = history.metric_rows(metric, scenario=scenario, case=case, fingerprint=fingerprint)
+    if rows.empty:
+        known = history.metric_names()
+        hint = "" if metric in known else f" (recorded metrics: {', '.join(known[:12])}…)"
+        raise UserError(
+            f"no ok results with this metric{hint}", where=str(history.path), key=metric
+        )
+    per_run = (
+        rows.groupby(["case_id", "run_id"], sort=False)
+        .agg(
+            started_at=("started_at", "first"),
+            fingerprint=("fingerprint", "first"),
+            label=("label", "first"),
+            value=("value", "median"),
+        )
+        .reset_index()
+        .sort_values(["label", "case_id", "started_at", "run_id"], kind="stable")
+    )
+    per_run["started_at"] = pd.to_datetime(per_run["started_at"], utc=True, errors="coerce")
+    parts = []
+    for _, group in per_run.groupby("case_id", sort=False):
+        group = group.tail(last) if last else group
+        flags = [False] * len(group)
+        for k in change_points(group["value"].tolist(), metric):
+            flags[k] = True
+        parts.append(group.assign(change_point=flags))
+    frame = pd.concat(parts, ignore_index=True)
+    return Trend(
+        metric,
+        frame[["run_id", "started_at", "fingerprint", "case_id", "label", "value", "change_point"]],
+    )
+
+
+# --------------------------------------------------------------------------- resolving runs
+
+
+def resolve_run(ref: str | Path, history: History | None) -> Run:
+    """A run from a run directory, its results.jsonl, or a stored run id."""
+    path = Path(ref)
+    if path.is_dir():
+        return read_run(path)
+    if path.is_file() and path.name == RESULTS:
+        return read_run(path.parent)
+    if history is not None and history.path.exists():
+        run = history.load(str(ref))
+        if run is not None:
+            return run
+    where = f" nor a run id in {history.path}" if history is not None else ""
+    raise UserError(f"neither a run directory{where}", where=str(ref))
+
+
+def default_metric(history: History) -> str:
+    """Throughput when the history has it; step time otherwise (e.g. only micro-benchmarks)."""
+    return "tokens_per_s" if "tokens_per_s" in history.metric_names() else "step_time_s_median"

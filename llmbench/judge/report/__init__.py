@@ -1,0 +1,1 @@
+"""Renderers. Every one works from the single results frame (judge/runs.py)."""

@@ -1,0 +1,75 @@
+"""Markdown renderings (GitHub-flavoured): the run report, and the table helper others share.
+
+Every string that comes from results (labels, reasons, host names) is escaped:
+a reason such as ``<script>`` or ``a | b`` must not change the page.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence, Set
+
+import pandas as pd
+
+from llmbench.judge.report.pivot import Pivot, cell_lines, legend, short
+from llmbench.judge.report.tables import TextTable, cases_table, environment_table, failures_table
+from llmbench.judge.runs import Run
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
+
+
+def escape(text: object) -> str:
+    """Text that renders as itself inside a Markdown table cell."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+    return escaped.replace("\r", "").replace("\n", "<br>")
+
+
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Set[int] = frozenset()
+) -> str:
+    """A pipe table; cells are escaped here, so pass plain text."""
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    lines = [
+        "| " + " | ".join(escape(h) for h in header) + " |",
+        "| " + " | ".join(align) + " |",
+    ]
+    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(source: TextTable) -> str:
+    return f"### {escape(source.title)}\n\n" + table(source.header, source.rows, source.right)
+
+
+def pivot_table(pivot: Pivot) -> str:
+    """The grid; the best cell in bold, lines of a cell joined by <br>."""
+    header = [short(k) for k in pivot.row_keys] + [pivot.col_title(c) or "case" for c in pivot.cols]
+    lines = [
+        "| " + " | ".join(escape(h) for h in header) + " |",
+        "| " + " | ".join(["---"] * len(pivot.row_keys) + ["---:"] * len(pivot.cols)) + " |",
+    ]
+    for row in pivot.rows:
+        cells = []
+        for col in pivot.cols:
+            cell = pivot.cell(row, col)
+            text = "<br>".join(escape(line) for line in cell_lines(cell))
+            cells.append(f"**{text}**" if cell is not None and cell.best else text)
+        lines.append("| " + " | ".join([*[escape(v) for v in row], *cells]) + " |")
+    return f"_{escape(legend(pivot))}_\n\n" + "\n".join(lines)
+
+
+def report(runs: Sequence[Run], frame: pd.DataFrame, pivot: Pivot) -> str:
+    """The whole report as one Markdown document."""
+    scenarios = sorted({r.scenario_name for r in runs if r.scenario_name})
+    parts = [
+        f"# llmbench report: {escape(', '.join(scenarios) or 'results')}",
+        "Runs: " + ", ".join(escape(r.run_id) for r in runs),
+        "## Throughput and memory\n\n" + pivot_table(pivot),
+        text_table(cases_table(frame)),
+    ]
+    failures = failures_table(frame)
+    if failures is not None:
+        parts.append(text_table(failures))
+    parts.append(text_table(environment_table(runs)))
+    return "\n\n".join(parts) + "\n"

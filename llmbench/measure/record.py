@@ -1,0 +1,74 @@
+"""The two records that cross the process boundary: a rank's task and its result.
+
+The launcher writes ``task.json`` (a :class:`RankTask`), every rank writes
+``rank<r>.json`` (a :class:`RankRecord`), and the parent reads both back as the
+same types — so a field renamed on one side fails loudly on the other instead
+of silently reading ``None`` from a dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RankTask:
+    """What every rank of a case runs; written by the launcher as task.json."""
+
+    spec: dict[str, Any]
+    ds_config: dict[str, Any]
+    micro_batch: int
+    device: str  # "cpu" or "cuda"
+    out_dir: str
+    threads: int | None = None
+    timeout_s: float = 600.0
+    data_dir: str | None = None
+    """The prepared corpus (``data: text``), tokenised by the parent before the case started."""
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RankTask:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RankRecord:
+    """One rank's raw measurements; the parent reduces these to a case result."""
+
+    rank: int
+    world_size: int
+    status: str = "error"  # ok | error
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    phase: str = "init"
+    step_times_s: list[float] = field(default_factory=list)
+    warmup_times_s: list[float] = field(default_factory=list)
+    data_times_s: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    init_s: float | None = None
+    memory: dict[str, int | None] = field(default_factory=dict)
+    parameters: dict[str, int | bool] | None = None
+    device_name: str | None = None
+    torch_threads: int | None = None
+    topology: dict[str, int] | None = None
+    pid: int = field(default_factory=os.getpid)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> RankRecord | None:
+        """The record a rank wrote, or None when it never wrote one (killed, torn file)."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,177 @@
+"""``llmbench run``: set up a run directory, launch the sweep, render the comparison."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from llmbench.define.cases import Case, Scenario
+from llmbench.errors import ExitCode
+from llmbench.hardware import Accelerator, detect
+from llmbench.judge.parity import ParityCheck, parity_table
+from llmbench.judge.regression import CompareOptions, compare_finished_run, index_finished_run
+from llmbench.judge.report.console import comparison_table
+from llmbench.judge.runs import results_frame
+from llmbench.judge.store import RunDir
+from llmbench.measure.environment import collect
+from llmbench.measure.launch.base import Launcher
+from llmbench.measure.ops import ops_for
+from llmbench.measure.progress import LiveProgress
+from llmbench.measure.runner import Runner, pending_cases
+
+
+def dry_run_table(scenario: Scenario, cases: list[Case]) -> Table:
+    """Cases in run order with their ids; the label names every swept setting."""
+    title = f"{scenario.name}: {len(cases)} cases × {scenario.run.repeats} repeat(s)"
+    table = Table(title=title, header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("case id")
+    table.add_column("label")
+    for i, case in enumerate(cases, 1):
+        table.add_row(str(i), case.id, case.label)
+    return table
+
+
+def make_launcher(scenario: Scenario, accel: Accelerator) -> Launcher:
+    run = scenario.run
+    if run.launcher == "local":
+        from llmbench.measure.launch.local import LocalLauncher
+
+        method = run.start_method
+        if method == "auto":
+            # Forking after CUDA is initialised is unsafe; ranks on GPUs get
+            # fresh interpreters unless the user opts into fork.
+            method = "fork" if accel.kind == "cpu" else "spawn"
+        return LocalLauncher(method)
+    if run.launcher == "deepspeed":
+        from llmbench.measure.launch.deepspeed import DeepSpeedLauncher
+
+        return DeepSpeedLauncher.for_scenario(scenario, accel)
+    from llmbench.measure.launch.slurm import SlurmLauncher
+
+    return SlurmLauncher.for_scenario(scenario, accel)
+
+
+def prepare_environment(accel: Accelerator) -> None:
+    """Settings the pre-imported fork server must see before it imports deepspeed."""
+    os.environ["DS_ACCELERATOR"] = accel.kind
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    # torch answers is_available() through NVML without initialising CUDA
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _op_text(name: str, info: dict) -> str:
+    if info.get("error"):
+        return f"{info.get('op', name)} unavailable ({info['error']})"
+    return f"{info['op']} {info['seconds']:.1f} s"
+
+
+def prepare_corpora(cases: list[Case], console: Console) -> dict[str, str]:
+    """Tokenise each distinct real-text corpus once, in this process, before any rank starts.
+
+    Ranks then only memory-map the cached token array; tokenising in every
+    rank would race and charge the work to the first case.
+    """
+    prepared: dict[tuple[str, str, int], str] = {}
+    by_case: dict[str, str] = {}
+    for case in cases:
+        tr = case.spec.training
+        if tr.data != "text":
+            continue
+        key = (str(tr.data_path), case.spec.model.family, case.spec.dims().vocab_size)
+        if key not in prepared:
+            from llmbench.measure.data.corpus import prepare_corpus
+
+            corpus = prepare_corpus(*key, log=lambda m: console.print(m, highlight=False))
+            prepared[key] = str(corpus.path)
+        by_case[case.id] = prepared[key]
+    return by_case
+
+
+def run_sweep(
+    scenario: Scenario,
+    cases: list[Case],
+    console: Console,
+    resume: Path | None = None,
+    output_dir: Path | None = None,
+    compare: CompareOptions | None = None,
+) -> int:
+    accel = detect(scenario.run.device)
+    if resume is not None:
+        run_dir = RunDir.open(resume)
+    else:
+        run_dir = RunDir.create(output_dir or scenario.run.output_dir, scenario.name)
+        run_dir.write_yaml("scenario.yaml", scenario.resolved())
+        run_dir.write_json("env.json", collect(accel))
+    parity = ParityCheck(cases, scenario.source) if scenario.check == "loss_parity" else None
+    if parity:
+        cases = parity.cases
+        parity.remember(run_dir.results())
+    pending = pending_cases(cases, scenario.run.repeats, run_dir.done())
+    total = len(cases) * scenario.run.repeats
+    console.print(
+        f"[bold]{scenario.name}[/]: {len(pending)} of {total} case runs to do on {accel.count}× {accel.names[0] if accel.names else accel.kind} → {run_dir.path}",
+        highlight=False,
+    )
+    # before prepare_environment turns tokenizers' parallelism off
+    data_dirs = prepare_corpora([p.case for p in pending], console)
+    prepare_environment(accel)
+    launcher = make_launcher(scenario, accel)
+    interrupted = False
+    try:
+        if pending:
+            ops = launcher.build_ops(
+                ops_for([p.case for p in pending], accel.kind),
+                run_dir.path / "ops.json",
+                scenario.run.timeout_s,
+            )
+            console.print(
+                "DeepSpeed ops: " + ", ".join(_op_text(name, info) for name, info in ops.items()),
+                highlight=False,
+            )
+        with LiveProgress(console, len(pending)) as progress:
+            runner = Runner(
+                run_dir,
+                scenario.run,
+                accel,
+                launcher,
+                scenario.name,
+                observer=progress,
+                data_dirs=data_dirs,
+                annotate=parity.annotate if parity else None,
+            )
+            runner.run_all(pending)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        launcher.close()
+    results = run_dir.results()
+    if results:
+        console.print(
+            comparison_table(results_frame(results), title=f"{scenario.name} — {run_dir.run_id}")
+        )
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(f"results: {run_dir.results_path} ({summary or 'none'})", highlight=False)
+    history = index_finished_run(run_dir, console)
+    if interrupted:
+        console.print(
+            f"[yellow]interrupted[/]: finished cases are kept; continue with  llmbench run {scenario.source} --resume {run_dir.path}",
+            highlight=False,
+        )
+        return ExitCode.INTERRUPTED
+    code = (
+        ExitCode.INVALID if any(r.status in ("error", "timeout") for r in results) else ExitCode.OK
+    )
+    if parity:
+        table, passed = parity_table(results)
+        console.print(table)
+        if not passed and code == ExitCode.OK:
+            code = ExitCode.FAILED_CHECK
+    return compare_finished_run(run_dir, compare, history, console, code) if compare else code

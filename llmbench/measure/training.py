@@ -1,0 +1,175 @@
+"""The model, data and single optimizer step of a case, as the worker runs them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from llmbench.define.models import FAMILIES, ParamCounts, build_model, count_parameters, hf_config
+from llmbench.define.schema import CaseSpec
+from llmbench.errors import Unsupported
+from llmbench.measure.data.synthetic import cycle, synthetic_batches
+
+StepFn = Callable[[], tuple[torch.Tensor, float]]
+SELECTIVE = "llmbench_selective_sdpa"
+
+
+def _selective_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention whose core is recomputed in the backward pass.
+
+    Selective recomputation (Korthikanti et al. 2022) stores the block's
+    linear-layer activations but not the attention core's; this checkpoints
+    exactly the call the model makes through transformers' attention interface.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def core(q, k, v, mask):
+        return sdpa_attention_forward(module, q, k, v, mask, **kwargs)[0]
+
+    return checkpoint(core, query, key, value, attention_mask, use_reentrant=False), None
+
+
+def build_training_model(spec: CaseSpec) -> tuple[torch.nn.Module, ParamCounts]:
+    """The module DeepSpeed trains (the model, or this rank's pipeline stages) and the whole model's counts.
+
+    Random weights are always drawn on the CPU from the seeded CPU RNG, so the
+    initial weights are identical for every ZeRO stage, rank count, parallel
+    layout and device, which is what makes loss-parity checks meaningful;
+    DeepSpeed then moves (or, for ZeRO-3, partitions) them onto the
+    accelerator. Building under ``deepspeed.zero.Init`` instead skipped
+    transformers' weight initialisation (the first loss was 84 instead of
+    ln(1024) ≈ 6.9 with transformers 5.24 / deepspeed 0.19.8), so it is not used.
+    """
+    par, ckpt = spec.parallel, spec.deepspeed.activation_checkpointing
+    family = FAMILIES[spec.model.family]
+    if par.tp > 1 and par.pp > 1:
+        raise Unsupported("AutoTP and pipeline parallelism together are not supported")
+    if par.pp > 1 and not family.pipeline:
+        raise Unsupported(f"llmbench has no pipeline split for {family.name}")
+    config = hf_config(
+        spec.model.family,
+        spec.dims(),
+        spec.task,
+        spec.training.num_labels,
+        spec.model.attn_implementation,
+    )
+    model = build_model(config, spec.task, "cpu")
+    counts = count_parameters(model)
+    if ckpt == "selective":
+        if spec.model.attn_implementation != "sdpa":
+            raise Unsupported(
+                "selective recomputation wraps SDPA attention; use model.attn_implementation: sdpa"
+            )
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(SELECTIVE, _selective_sdpa)
+        model.config._attn_implementation = SELECTIVE
+    if par.pp > 1:
+        from llmbench.measure.pipeline import pipeline_module
+
+        every = 1 if ckpt == "full" else 0
+        return pipeline_module(
+            model, par.pp, spec.task, spec.model.attn_implementation, every
+        ), counts
+    if ckpt == "full":
+        enable_full_recompute(model)
+    return model, counts
+
+
+def enable_full_recompute(model) -> None:
+    """Checkpoint every block (non-reentrant), under the name this transformers version uses."""
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.24
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def build_batches(
+    spec: CaseSpec,
+    micro_batch: int,
+    count: int,
+    dp_rank: int,
+    dp_size: int,
+    data_dir: str | None = None,
+) -> Sequence[dict[str, torch.Tensor]]:
+    """This rank's batches: synthetic ones generated now, or real text read lazily per step."""
+    if spec.training.data == "text":
+        from llmbench.measure.data.corpus import PreparedCorpus
+        from llmbench.measure.data.text import text_batches
+
+        if data_dir is None:
+            raise ValueError("a data: text case needs the prepared corpus directory")
+        prepared = PreparedCorpus.load(data_dir)
+        tr = spec.training
+        return text_batches(
+            prepared,
+            spec.task,
+            tr.seq_len,
+            micro_batch,
+            count,
+            tr.seed,
+            dp_rank,
+            dp_size,
+            tr.num_labels,
+        )
+    return synthetic_batches(
+        spec.task,
+        spec.dims().vocab_size,
+        spec.training.seq_len,
+        micro_batch,
+        count,
+        seed=spec.training.seed,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        num_labels=spec.training.num_labels,
+    )
+
+
+class _TimedSource:
+    """Yields batches and adds the time spent producing each one to ``seconds``."""
+
+    def __init__(
+        self, source: Iterator[dict[str, torch.Tensor]], device: torch.device, as_pair: bool
+    ):
+        self.source = source
+        self.device = device
+        self.as_pair = as_pair
+        self.seconds = 0.0
+
+    def __iter__(self) -> _TimedSource:
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.source).items()}
+        item = (batch["input_ids"], batch["labels"]) if self.as_pair else batch
+        self.seconds += time.perf_counter() - t0
+        return item
+
+
+def train_step(spec: CaseSpec, engine, batches: Sequence[dict[str, torch.Tensor]]) -> StepFn:
+    """One optimizer step (``grad_accum`` micro-batches); returns (loss, data seconds)."""
+    pipelined = spec.parallel.pp > 1
+    source = _TimedSource(cycle(batches), engine.device, as_pair=pipelined)
+    accum = spec.training.grad_accum
+
+    def pipeline_step() -> tuple[torch.Tensor, float]:
+        before = source.seconds
+        loss = engine.train_batch(data_iter=source)  # runs all grad_accum micro-batches
+        return loss.detach(), source.seconds - before
+
+    def step() -> tuple[torch.Tensor, float]:
+        before = source.seconds
+        losses = []
+        for _ in range(accum):
+            loss = engine(**next(source)).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach())
+        return (losses[0] if accum == 1 else torch.stack(losses).mean()), source.seconds - before
+
+    return pipeline_step if pipelined else step

@@ -1,1 +1,0 @@
-"""Renderers. Every one works from the single results frame (report/frame.py)."""

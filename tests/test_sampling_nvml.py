@@ -122,13 +122,19 @@ def test_a_not_supported_field_is_missing_on_that_device_only(install):
     assert all(r["energy_j"] is not None and r["memory_used_bytes"] == 2 * GiB for r in gpu1)
     assert all(r["power_w"] == 300.0 for r in rows if r["device"] == "gpu0")
     assert sampler.unavailable_reason is None
-    assert sampler.field_errors == {"gpu1.power_w": "NVMLError_NotSupported: Not Supported"}
+    errors = {k: v for k, v in sampler.field_errors.items() if "case_memory" not in k}
+    assert errors == {"gpu1.power_w": "NVMLError_NotSupported: Not Supported"}
     assert fake.calls["nvmlDeviceGetPowerUsage"] == len(rows) - len(gpu1) + 1  # not asked again
 
     timeline = timeline_frame(rows, NvmlSampler.columns)
     events = phase_events(timeline["t"].iloc[2], timeline["t"].iloc[-3])  # inside every device's
     values, reasons = summarize(
-        timeline, events, steps=4, tokens_per_step=256, unavailable=sampler.field_errors
+        timeline,
+        events,
+        steps=4,
+        tokens_per_step=256,
+        unavailable=sampler.field_errors,
+        min_window_s=0.0,  # a fraction of a second here: the arithmetic, not NVML's windows
     )
     assert values["gpu0_power_w_mean"] == 300.0
     assert values["gpu1_power_w_mean"] is None
@@ -177,8 +183,59 @@ def test_case_memory_counts_only_the_case_processes(install):
     devices[0].processes = {os.getpid(): 3 * GiB, 1: 40 * GiB}  # pid 1: alive, not the case's
     devices[1].processes = {1: 20 * GiB}
     install(FakeNvml(devices))
-    rows = one_tick(NvmlSampler(interval_s=10))
-    assert [r["case_memory_bytes"] for r in rows[:2]] == [3 * GiB, 0]
+    sampler = NvmlSampler(interval_s=10)
+    rows = one_tick(sampler)
+    # gpu1 lists only another process: the case's memory there is unknown, not 0
+    assert [r["case_memory_bytes"] for r in rows[:2]] == [3 * GiB, None]
+    assert "no process of the case" in sampler.field_errors["gpu1.case_memory_bytes"]
+
+
+def test_case_memory_is_unknown_when_nvml_lists_no_process(install):
+    """Sandboxed runtimes (gVisor) and some containers list no process at all: not a 0."""
+    install(FakeNvml([FakeGpu(processes={})]))
+    sampler = NvmlSampler(interval_s=10)
+    assert one_tick(sampler)[0]["case_memory_bytes"] is None
+    assert "NVML's process list" in sampler.field_errors["gpu0.case_memory_bytes"]
+
+
+def test_memory_used_is_v2_without_driver_reserved_memory(install):
+    install(FakeNvml([FakeGpu(memory_used_bytes=12 * GiB, memory_reserved_bytes=GiB // 2)]))
+    sampler = NvmlSampler(interval_s=10)
+    row = one_tick(sampler)[0]
+    assert row["memory_used_bytes"] == 12 * GiB  # v1 would say 12.5 GiB
+    assert row["memory_total_bytes"] == 80 * GiB
+    assert "gpu0.memory_used_bytes" not in sampler.field_errors
+
+
+def test_a_driver_without_memory_v2_falls_back_to_v1_and_says_so(install):
+    fake = install(
+        FakeNvml(
+            [FakeGpu(memory_used_bytes=12 * GiB, memory_reserved_bytes=GiB, no_memory_v2=True)]
+        )
+    )
+    sampler = NvmlSampler(interval_s=0.01)
+    sampler.start(os.getpid())
+    time.sleep(0.05)
+    rows = sampler.stop()
+    assert all(r["memory_used_bytes"] == 13 * GiB for r in rows)
+    assert "driver-reserved" in sampler.field_errors["gpu0.memory_used_bytes"]
+    # v2 is asked once, then v1 only (the fake counts both under one name)
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == len(rows) + 1
+
+
+def test_a_non_nvml_exception_disables_only_its_field(install):
+    """An old binding without a driver's _v3 function raises AttributeError, not NVMLError."""
+    missing = AttributeError("function nvmlDeviceGetComputeRunningProcesses_v3 not found")
+    fake = install(FakeNvml([FakeGpu(broken={"nvmlDeviceGetComputeRunningProcesses": missing})]))
+    sampler = NvmlSampler(interval_s=0.01)
+    sampler.start(os.getpid())
+    time.sleep(0.1)
+    rows = sampler.stop()
+    assert len(rows) >= 3 and sampler.unavailable_reason is None
+    assert all(r["case_memory_bytes"] is None for r in rows)
+    assert all(r["power_w"] == 300.0 and r["energy_j"] is not None for r in rows)
+    assert "AttributeError" in sampler.field_errors["gpu0.case_memory_bytes"]
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses"] == 1  # not asked again
 
 
 def test_case_memory_is_unknown_when_nvml_pids_are_from_another_namespace(install):
@@ -205,7 +262,11 @@ def phase_events(start: float, end: float):
 
 def test_end_to_end_measure_phase_peaks_energy_and_tags(install, tmp_path):
     """Memory is high outside the measure phase; only the measure phase counts."""
-    devices = [FakeGpu(uuid="GPU-a", power_w=300.0), FakeGpu(uuid="GPU-b", power_w=200.0)]
+    mine = {os.getpid(): GiB}
+    devices = [
+        FakeGpu(uuid="GPU-a", power_w=300.0, processes=mine),
+        FakeGpu(uuid="GPU-b", power_w=200.0, processes=mine),
+    ]
     install(FakeNvml(devices))
     log = (tmp_path / "phases.rank0.jsonl").open("a", buffering=1)
 
@@ -234,7 +295,12 @@ def test_end_to_end_measure_phase_peaks_energy_and_tags(install, tmp_path):
     assert {"init", "measure", "teardown"} <= set(timeline["phase"])
     assert set(timeline["source"]) == {"host", "nvml"}
     values, reasons = summarize(
-        timeline, events, steps=10, tokens_per_step=1000, unavailable=samplers.unavailable
+        timeline,
+        events,
+        steps=10,
+        tokens_per_step=1000,
+        unavailable=samplers.unavailable,
+        min_window_s=0.0,
     )
     assert values["gpu0_memory_used_peak_bytes"] == 30 * GiB
     assert values["gpu1_memory_used_peak_bytes"] == 50 * GiB
@@ -249,3 +315,21 @@ def test_end_to_end_measure_phase_peaks_energy_and_tags(install, tmp_path):
     assert values["throttle_reasons"] == []
     assert values["host_tree_rss_peak_bytes"] > 0
     assert not reasons
+
+
+def test_power_energy_and_utilisation_need_a_measure_phase_of_5_s(install):
+    """NVML averages power over ~1 s and utilisation over up to 1 s: 0.5 s says nothing."""
+    install(FakeNvml([FakeGpu(processes={os.getpid(): GiB})]))
+    sampler = NvmlSampler(interval_s=0.02)
+    sampler.start(os.getpid())
+    time.sleep(0.3)
+    timeline = timeline_frame(sampler.stop(), NvmlSampler.columns)
+    events = phase_events(timeline["t"].iloc[1], timeline["t"].iloc[-2])
+    values, reasons = summarize(
+        timeline, events, steps=4, tokens_per_step=256, unavailable=sampler.field_errors
+    )
+    for name in ("power_w_mean", "energy_j", "energy_j_per_step", "gpu_util_mean_pct"):
+        assert values[name] is None and "shorter than the 5 s" in reasons[name], name
+    # instantaneous readings stay
+    assert values["device_memory_used_peak_bytes"] == 10 * GiB
+    assert values["temperature_c_max"] == 60

@@ -36,7 +36,7 @@ def gpu(device: str, t: float, energy_j: float, used_gib: float, **extra) -> dic
 
 
 def summary(rows, events=EVENTS, unavailable=None, **kwargs):
-    kwargs = {"steps": 5, "tokens_per_step": 2048, **kwargs}
+    kwargs = {"steps": 5, "tokens_per_step": 2048, "min_window_s": 0.0, **kwargs}
     return summarize(timeline_frame(rows, COLUMNS), events, unavailable=unavailable or {}, **kwargs)
 
 

@@ -8,6 +8,18 @@ Energy is read from the device's total-energy counter, never integrated from
 power: on recent GPUs ``nvmlDeviceGetPowerUsage`` is an average over about a
 second, so integrating it at 10 Hz smears and misses changes (NVML API
 reference, nvmlDeviceGetPowerUsage and nvmlDeviceGetTotalEnergyConsumption).
+
+Memory comes from ``nvmlDeviceGetMemoryInfo`` version 2: version 1's ``used``
+also counts memory the driver reserves, so an idle device reads hundreds of
+MiB "used". Drivers without v2 fall back to v1 and the field error says so.
+``case_memory_bytes`` is what NVML attributes to the case's own processes
+(their allocators' reservations plus each process's CUDA context); it is None,
+with the reason, whenever no case process appears in NVML's list (containers,
+sandboxed runtimes), never a false 0.
+
+Each field is read on its own: any exception from one call (an NVMLError, or
+an AttributeError from a binding that lacks a driver's ``_v3`` function)
+leaves that field missing with its reason and the rest sampled.
 """
 
 from __future__ import annotations
@@ -52,6 +64,8 @@ class _Device:
     nvml_index: int
     handle: Any
     unsupported: set[str] = field(default_factory=set)
+    memory_v1: bool = False
+    """The driver has no memory info v2: v1 figures, with their caveat."""
 
     @property
     def name(self) -> str:
@@ -112,11 +126,14 @@ class NvmlSampler(Sampler):
         def get(columns: tuple[str, ...], fn: Callable[..., Any], *args: Any) -> Any:
             return self._get(device, columns, fn, handle, *args)
 
+        def memory_info(handle: Any) -> Any:
+            return self._memory_info(device, handle)
+
         # The timestamp belongs to the energy counter (interpolated at window
         # edges); the slower calls, listing processes above all, come after it.
         t = time.time()
         energy_mj = get(("energy_j",), nvml.nvmlDeviceGetTotalEnergyConsumption)
-        memory = get(("memory_used_bytes", "memory_total_bytes"), nvml.nvmlDeviceGetMemoryInfo)
+        memory = get(("memory_used_bytes", "memory_total_bytes"), memory_info)
         util = get(("gpu_util_pct", "memory_util_pct"), nvml.nvmlDeviceGetUtilizationRates)
         power_mw = get(("power_w",), nvml.nvmlDeviceGetPowerUsage)
         temperature = get(
@@ -144,17 +161,37 @@ class NvmlSampler(Sampler):
     def _get(
         self, device: _Device, columns: tuple[str, ...], fn: Callable[..., Any], *args: Any
     ) -> Any:
-        """One NVML call; an error makes these columns missing on this device only."""
+        """One NVML call; any error makes these columns missing on this device only."""
         if columns[0] in device.unsupported:
             return None
         try:
             return fn(*args)
-        except self._nvml.NVMLError as exc:
+        except Exception as exc:
             for column in columns:
                 self.field_errors.setdefault(f"{device.name}.{column}", describe_error(exc))
-            if _is_error(self._nvml, exc, "NVML_ERROR_NOT_SUPPORTED"):
-                device.unsupported.add(columns[0])  # permanent: stop asking every tick
+            nvml_error = isinstance(exc, self._nvml.NVMLError)
+            if not nvml_error or _is_error(self._nvml, exc, "NVML_ERROR_NOT_SUPPORTED"):
+                # permanent (a missing function stays missing): stop asking every tick
+                device.unsupported.add(columns[0])
             return None
+
+    def _memory_info(self, device: _Device, handle: Any) -> Any:
+        """Memory info v2 (``used`` without driver-reserved memory), else v1, saying so once."""
+        nvml = self._nvml
+        if not device.memory_v1:
+            try:
+                return nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
+            except (nvml.NVMLError, AttributeError, TypeError) as exc:  # old driver or binding
+                if isinstance(exc, nvml.NVMLError) and not _is_error(
+                    nvml, exc, "NVML_ERROR_FUNCTION_NOT_FOUND"
+                ):
+                    raise
+                device.memory_v1 = True
+                self.field_errors.setdefault(
+                    f"{device.name}.memory_used_bytes",
+                    f"memory info v1 ({describe_error(exc)} for v2): used includes driver-reserved memory",
+                )
+        return nvml.nvmlDeviceGetMemoryInfo(handle)
 
     def _clock_event_reasons(self, handle: Any) -> int:
         nvml = self._nvml
@@ -171,10 +208,18 @@ class NvmlSampler(Sampler):
             return None
         mine = [p for p in processes if p.pid in pids]
         key = f"{device.name}.case_memory_bytes"
-        if not mine and any(not psutil.pid_exists(p.pid) for p in processes):
+        if not mine:
             # In a container without the host's pid namespace NVML reports host
-            # pids, which match nothing here: unknown, not zero.
-            self.field_errors.setdefault(key, "NVML process ids are not in this pid namespace")
+            # pids, which match nothing here; a sandboxed runtime lists none at
+            # all. Either way: unknown, not zero.
+            foreign = any(not psutil.pid_exists(p.pid) for p in processes)
+            self.field_errors.setdefault(
+                key,
+                "NVML process ids are not in this pid namespace"
+                if foreign
+                else "no process of the case in NVML's process list (hidden by the runtime, "
+                "or the case held no device memory)",
+            )
             return None
         if any(p.usedGpuMemory is None for p in mine):  # NVML_VALUE_NOT_AVAILABLE (e.g. MIG)
             self.field_errors.setdefault(key, "NVML does not report per-process memory here")

@@ -23,6 +23,16 @@ from llmbench.judge.timeline import PhaseEvent
 from llmbench.measure.sampling.nvml import clock_event_names
 
 NO_SAMPLES = "no samples in the measure phase (phase shorter than the sampling interval)"
+MIN_NVML_WINDOW_S = 5.0
+"""Shortest measure phase whose NVML power, energy and utilisation are reported.
+
+``nvmlDeviceGetPowerUsage`` is a trailing average over about 1 s on recent
+GPUs and utilisation is sampled over a 1/6-1 s window (NVML API reference,
+nvmlDeviceGetPowerUsage, nvmlDeviceGetUtilizationRates), so a window of a few
+tenths of a second mostly measures the steps before it. At 5 s the averaging
+edges are at most ~20 % of the window. Memory peaks, temperature and clock
+events are instantaneous readings and are kept for shorter phases.
+"""
 NO_MEASURE = "the workers never reached the measure phase"
 
 
@@ -61,6 +71,8 @@ class _Figure:
     over_devices: str  # "max" | "mean" | "sum" (and "or" for bitmasks)
     per_device: str | None = None
     """Also reported per device as ``gpu<i>_<per_device>``."""
+    averaged: bool = False
+    """NVML averages it over a window of its own: null for phases under MIN_NVML_WINDOW_S."""
 
 
 NVML_FIGURES = (
@@ -70,10 +82,10 @@ NVML_FIGURES = (
     _Figure(
         "device_case_memory_peak_bytes", "case_memory_bytes", "max", "max", "case_memory_peak_bytes"
     ),
-    _Figure("gpu_util_mean_pct", "gpu_util_pct", "mean", "mean"),
-    _Figure("gpu_memory_util_mean_pct", "memory_util_pct", "mean", "mean"),
-    _Figure("power_w_mean", "power_w", "mean", "mean", "power_w_mean"),
-    _Figure("power_w_mean_total", "power_w", "mean", "sum"),
+    _Figure("gpu_util_mean_pct", "gpu_util_pct", "mean", "mean", averaged=True),
+    _Figure("gpu_memory_util_mean_pct", "memory_util_pct", "mean", "mean", averaged=True),
+    _Figure("power_w_mean", "power_w", "mean", "mean", "power_w_mean", averaged=True),
+    _Figure("power_w_mean_total", "power_w", "mean", "sum", averaged=True),
     _Figure("temperature_c_max", "temperature_c", "max", "max"),
     _Figure("sm_clock_mhz_mean", "sm_clock_mhz", "mean", "mean"),
 )
@@ -108,17 +120,19 @@ def summarize(
     tokens_per_step: int | None,
     unavailable: dict[str, str],
     measure_s: float | None = None,
+    min_window_s: float = MIN_NVML_WINDOW_S,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The case's host and NVML figures over its measure phase, and a reason for each None.
 
     ``steps``: measured optimizer steps; ``tokens_per_step``: global tokens per
     step; ``unavailable``: SamplerSet.unavailable (reasons by source and by
-    ``"<device>.<column>"``); ``measure_s``: see measure_window.
+    ``"<device>.<column>"``); ``measure_s``: see measure_window; ``min_window_s``:
+    see MIN_NVML_WINDOW_S.
     """
     out = _Figures()
     window = measure_window(events, measure_s)
     _host(out, timeline, window, unavailable)
-    _nvml(out, timeline, window, unavailable, steps, tokens_per_step)
+    _nvml(out, timeline, window, unavailable, steps, tokens_per_step, min_window_s)
     return out.values, out.reasons
 
 
@@ -168,6 +182,7 @@ def _nvml(
     unavailable: dict[str, str],
     steps: int | None,
     tokens_per_step: int | None,
+    min_window_s: float,
 ) -> None:
     reason = _source_reason(timeline, "nvml", window, unavailable)
     if reason or window is None:
@@ -183,9 +198,18 @@ def _nvml(
             f"{device}.{column}", f"NVML reported no {column} for {device} in the measure phase"
         )
 
+    length = min(window.end, float(nvml["t"].max())) - window.start
+    short = (
+        f"measure phase {length:.2f} s is shorter than the {min_window_s:g} s NVML's power "
+        "and utilisation averaging needs (run more or longer steps)"
+        if length < min_window_s
+        else None
+    )
     for fig in NVML_FIGURES:
         found = {
-            d: _reduce(window.rows(rows), fig.column, fig.over_samples, missing(d, fig.column))
+            d: (None, short)
+            if fig.averaged and short
+            else _reduce(window.rows(rows), fig.column, fig.over_samples, missing(d, fig.column))
             for d, rows in per_device.items()
         }
         if fig.per_device:
@@ -193,7 +217,10 @@ def _nvml(
                 out.set(f"{d}_{fig.per_device}", value)
         out.set(fig.name, _over_devices(found, fig.over_devices))
 
-    energy = {d: _energy_j(rows, window, missing(d, "energy_j")) for d, rows in per_device.items()}
+    energy = {
+        d: (None, short) if short else _energy_j(rows, window, missing(d, "energy_j"))
+        for d, rows in per_device.items()
+    }
     for d, value in energy.items():
         out.set(f"{d}_energy_j", value)
     total = _over_devices(energy, "sum")

@@ -49,7 +49,8 @@ def test_env_lists_each_gpu_and_whether_mfu_can_be_computed(run_env, monkeypatch
     output = run_env()
     assert "cuda × 2" in output
     assert "NVIDIA H100 80GB HBM3 — peak-FLOPs table: h100-sxm-80gb" in output
-    assert "NVIDIA GeForce RTX 4090 — not in the peak-FLOPs table: MFU null" in output
+    assert "NVIDIA GeForce RTX 4090 — MFU null: 'NVIDIA GeForce RTX 4090' is not in" in output
+    assert "NVML capacity 80.00 GiB" in output
     assert "NVML │ ok" in output
     assert "550.54.15" in output and "12.4" in output
     assert "nvml │ every 0.1 s: memory" in output

@@ -91,16 +91,18 @@ def measurement_report(accel: Accelerator, interval_s: float) -> list[tuple[str,
     ``llmbench env`` prints it, like ``ds_report``, so that a missing driver or
     a GPU without a peak-FLOPs entry (MFU null) shows up before a sweep, not after.
     """
-    from llmbench.hardware import gpu_spec
+    from llmbench.hardware import lookup
     from llmbench.measure.sampling import make_samplers
     from llmbench.units import bytes_
 
     rows = [("accelerator", "kind", f"{accel.kind} × {accel.count}")]
     for ordinal, (name, index) in enumerate(zip(accel.names, accel.nvml_indices, strict=False)):
-        spec = gpu_spec(name)
-        listed = (
-            f"peak-FLOPs table: {spec.key}" if spec else "not in the peak-FLOPs table: MFU null"
+        spec, why = lookup(name)
+        listed = f"peak-FLOPs table: {spec.key}" if spec else f"MFU null: {why}"
+        memory = (
+            accel.memory_total_bytes[ordinal] if ordinal < len(accel.memory_total_bytes) else None
         )
+        listed += f"; NVML capacity {bytes_(memory)}" if memory else ""
         rows.append(("accelerator", f"gpu{ordinal} (NVML {index})", f"{name} — {listed}"))
     nvml = "ok" if accel.nvml_error is None else f"unavailable: {accel.nvml_error}"
     rows += [

@@ -12,7 +12,7 @@ from typing import Any
 
 from llmbench.define.schema import CaseSpec
 from llmbench.flops import recompute_flops_per_token, training_flops_per_token
-from llmbench.hardware import gpu_spec
+from llmbench.hardware import lookup
 from llmbench.judge.result import CaseResult
 from llmbench.judge.stats import slowest_rank_per_step, step_stats
 from llmbench.measure.comm import bandwidths
@@ -182,8 +182,8 @@ def peak_flops(device_name: str, precision: str) -> tuple[float | None, str | No
     """Dense peak FLOP/s of one device in the case's matmul precision, or why it is unknown."""
     if device_name == "cpu":
         return None, "no peak FLOP/s figure for CPUs"
-    gpu = gpu_spec(device_name)
+    gpu, why = lookup(device_name)
     if gpu is None:
-        return None, f"{device_name!r} is not in llmbench's GPU table (llmbench/hardware.py)"
+        return None, why
     peak = gpu.peak(precision)
     return (peak, None) if peak else (None, f"{gpu.name} has no {precision} peak")

@@ -2,7 +2,9 @@
 
 A user mistake (bad YAML, unknown key, missing file) must end in one readable
 line and exit code 2, never a traceback. Everything that is the user's fault is
-raised as :class:`UserError`; the CLI prints ``str(error)`` and exits.
+raised as :class:`UserError`; the CLI prints ``str(error)`` and exits. Anything
+else that escapes a command is llmbench's own fault: exit code 3 (never 1, which
+a nightly gate reads as "regression"), one line, and the traceback in a file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class ExitCode(IntEnum):
     """A regression, or a check (loss parity) that failed: the gate's red."""
     INVALID = 2
     """Invalid input, a case that errored or timed out, or data missing for a verdict."""
+    INTERNAL = 3
+    """A bug in llmbench: one line on stderr naming the file that holds the traceback."""
     INTERRUPTED = 130
     """Ctrl-C or SIGTERM; finished cases are kept and the resume command printed."""
 

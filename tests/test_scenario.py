@@ -242,3 +242,67 @@ def test_byte_sizes_read_as_plain_integers():
     s = parse_scenario("training: {rank_memory_limit_bytes: 1.5GiB}")
     assert s.expand()[0].params["training.rank_memory_limit_bytes"] == 1610612736
     assert "1610612736" in yaml.safe_dump(s.resolved())
+
+
+ALIAS_BOMB = (
+    'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
+    + "deepspeed:\n  config: {x: *i}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            ALIAS_BOMB,
+            "s.yaml:1: invalid YAML: anchors and aliases (&name, *name) are not supported",
+        ),
+        ("deepspeed: &d\n  config: *d\n", "s.yaml:1: invalid YAML: anchors and aliases"),
+        (
+            "deepspeed:\n  config: {x: !!python/object/apply:os.system [echo hi]}\n",
+            "s.yaml:2: invalid YAML: could not determine a constructor for the tag",
+        ),
+        ("deepspeed:\n  config: " + "[" * 5000 + "]" * 5000 + "\n", "s.yaml"),
+        ("", "s.yaml: the scenario file is empty"),
+        ("# only a comment\n", "s.yaml: the scenario file is empty"),
+        (
+            "training:\n  lr: .inf\n",
+            "s.yaml:2: training.lr: inf is not valid: numbers must be finite",
+        ),
+        (
+            "deepspeed:\n  config: {x: .nan}\n",
+            "s.yaml:2: deepspeed.config: {'x': nan} is not valid",
+        ),
+        ("name: " + "n" * 101 + "\n", "s.yaml:1: name: 101 characters; a name has at most 100"),
+    ],
+)
+def test_hostile_or_empty_scenarios_end_in_one_line(text, expected):
+    import time
+
+    t0 = time.monotonic()
+    message = error_of(text, ())
+    assert message.startswith(expected) and "\n" not in message
+    assert time.monotonic() - t0 < 5
+
+
+def test_an_alias_in_an_override_is_refused():
+    assert error_of("{}", ("deepspeed.config.x=&a [*a]",)).startswith(
+        "command line: deepspeed.config.x: cannot parse the value"
+    )
+
+
+def test_a_huge_sweep_is_refused_before_expansion_unless_the_cap_is_raised():
+    text = "training:\n  seed: [" + ", ".join(map(str, range(10**4))) + "]\n"
+    text += "  steps: [" + ", ".join(map(str, range(1, 10**4 + 1))) + "]\n"
+    message = error_of(text, ())
+    assert message == (
+        "s.yaml: the sweep has 100,000,000 combinations, more than the cap of 10,000; "
+        "narrow it, or raise the cap with --max-cases 100000000"
+    )
+    small = "training:\n  seed: [" + ", ".join(map(str, range(20))) + "]\n"
+    with pytest.raises(UserError, match="more than the cap of 10"):
+        parse_scenario(small, max_cases=10)
+    assert len(parse_scenario(small, max_cases=20).expand()) == 20

@@ -1,14 +1,18 @@
-"""The command group, its consoles and the one place a user mistake becomes exit code 2."""
+"""The command group, its consoles and the one place a failure becomes a line and an exit code."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from llmbench import __version__
 from llmbench.errors import ExitCode, UserError
@@ -19,19 +23,52 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a UserError into one line on stderr and exit code 2 (no traceback)."""
+    """The one top-level handler: every way a command can fail ends in one line and a documented code.
+
+    * a user mistake (:class:`UserError`), or a file llmbench cannot read or
+      write (an ``OSError`` naming it: ``-o /read-only/x.md``) → exit 2;
+    * Ctrl-C outside a sweep (a sweep handles its own) → exit 130;
+    * anything else is a bug in llmbench → exit 3 (not 1, which a nightly gate
+      reads as a regression), with the traceback written to a private file.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except UserError as exc:
-            err_console.print(
-                f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True
-            )
-            sys.exit(ExitCode.INVALID)
+            fail(str(exc), ExitCode.INVALID)
+        except OSError as exc:
+            if exc.filename is None:
+                fail(_internal(exc), ExitCode.INTERNAL)
+            fail(f"{exc.filename}: {exc.strerror or exc}", ExitCode.INVALID)
+        except KeyboardInterrupt:
+            fail("interrupted", ExitCode.INTERRUPTED)
+        except Exception as exc:
+            fail(_internal(exc), ExitCode.INTERNAL)
 
     return wrapper
+
+
+def fail(message: str, code: ExitCode) -> NoReturn:
+    """Print ``error: message`` (data, never markup) on stderr and exit with ``code``."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    sys.exit(code)
+
+
+def _internal(exc: BaseException) -> str:
+    """One line for a bug, naming the file that keeps the full traceback."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        fd, path = tempfile.mkstemp(prefix="llmbench-crash-", suffix=".txt")  # mode 0600
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        where = f"traceback in {path}"
+    except OSError:
+        where = "the traceback could not be written"
+    return f"internal error ({type(exc).__name__}: {exc}); {where}; please report it"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,13 +10,26 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmbench.define.schema import CASE_DEFAULTS, CaseSpec, RunSpec, case_problems, flatten, nest
+from llmbench.define.schema import (
+    CASE_DEFAULTS,
+    ID_NEUTRAL,
+    CaseSpec,
+    RunSpec,
+    case_problems,
+    flatten,
+    nest,
+)
 from llmbench.errors import UserError
 from llmbench.units import size_label
+
+DEFAULT_MAX_CASES = 10_000
+"""Largest sweep expanded without ``--max-cases``: a typo such as ten 10-value axes would
+otherwise enumerate 10**10 cases before anything runs."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +52,11 @@ def case_id(params: dict[str, Any]) -> str:
     """Hash of the settings that differ from the defaults.
 
     Leaving defaults out keeps ids stable when a later llmbench version adds a
-    field, so nightly history keeps matching cases across upgrades.
+    field, so nightly history keeps matching cases across upgrades. A field whose
+    default changed what is trained is left out at its old value instead
+    (``ID_NEUTRAL``), so only cases that train a different model get new ids.
     """
-    significant = {k: v for k, v in params.items() if CASE_DEFAULTS.get(k, object()) != v}
+    significant = {k: v for k, v in params.items() if ID_NEUTRAL.get(k, object()) != v}
     blob = json.dumps(significant, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -61,6 +76,7 @@ _LABEL_FORMATS = {
     "deepspeed.activation_checkpointing": "ckpt:{}",
     "comm.size_bytes": "{}",
     "comm.dtype": "{}",
+    "model.dropout": "dropout={}",
 }
 
 
@@ -82,8 +98,17 @@ def case_label(params: dict[str, Any], swept: Sequence[str]) -> str:
         if isinstance(value, dict):
             value = json.dumps(value, sort_keys=True, separators=(",", ":"))
         fmt = _LABEL_FORMATS.get(key, key.rsplit(".", 1)[-1] + "={}")
-        parts.append(fmt.format(value))
+        parts.append(fmt.format(_dropout_text(value) if key == "model.dropout" else value))
+    dropout = params.get("model.dropout", "config")
+    if not comm and dropout != "config" and "model.dropout" not in swept:
+        # a model that differs from the user's config says so even when nothing sweeps it
+        parts.append(_LABEL_FORMATS["model.dropout"].format(_dropout_text(dropout)))
     return " ".join(parts)
+
+
+def _dropout_text(value: Any) -> str:
+    """``dropout=0``, ``dropout=0.1``, ``dropout=config``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,8 @@ class Scenario:
     run: RunSpec = field(default_factory=RunSpec)
     check: str | None = None
     lines: dict[str, str] = field(default_factory=dict)
+    max_cases: int = DEFAULT_MAX_CASES
+    """Refuse to expand more combinations than this (``--max-cases`` raises it)."""
     _cases: list[Case] | None = field(default=None, repr=False)
 
     @property
@@ -136,7 +163,19 @@ class Scenario:
             self._cases = self._expand()
         return list(self._cases)
 
+    def combinations(self) -> int:
+        """How many combinations expansion would build, counted without building any."""
+        total = math.prod(len(a.values) for a in self.axes)
+        return total + sum(math.prod(len(v) for v in r.values.values()) for r in self.include)
+
     def _expand(self) -> list[Case]:
+        count = self.combinations()
+        if count > self.max_cases:
+            raise UserError(
+                f"the sweep has {count:,} combinations, more than the cap of {self.max_cases:,}; "
+                f"narrow it, or raise the cap with --max-cases {count}",
+                where=self.source,
+            )
         cases: dict[str, Case] = {}
         swept = self.swept
         for combo in itertools.product(*(a.values for a in self.axes)):

@@ -2,10 +2,15 @@
 
 YAML is read with the safe loader; overrides (``key=value``) go through the
 same validation as the file, and a user mistake is one ``UserError`` line.
+A scenario is untrusted input that decides how much work runs: anchors and
+aliases are refused (a 400-byte alias bomb expands to gigabytes), every YAML
+error is one line, non-finite numbers are refused, and the number of cases is
+capped before any is built (see :data:`llmbench.define.cases.DEFAULT_MAX_CASES`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llmbench.define.cases import Axis, Rule, Scenario
+from llmbench.define.cases import DEFAULT_MAX_CASES, Axis, Rule, Scenario
 from llmbench.define.schema import (
     ADAPTERS,
     ALL_KEYS,
@@ -25,12 +30,18 @@ from llmbench.define.schema import (
     RUN_KEYS,
     TOP_LEVEL,
     RunSpec,
+    literal_choices,
     nest,
 )
 from llmbench.errors import UserError, did_you_mean
 
+MAX_NAME = 100
+"""Longest scenario name: it becomes part of every run directory's name."""
 
-def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+
+def load_scenario(
+    path: str | Path, overrides: Sequence[str] = (), max_cases: int = DEFAULT_MAX_CASES
+) -> Scenario:
     """Load and validate a scenario file, applying ``key=value`` overrides."""
     path = Path(path)
     if not path.is_file():
@@ -41,7 +52,43 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read: {exc}", where=str(path)) from None
-    return parse_scenario(text, source=str(path), overrides=overrides, default_name=path.stem)
+    return parse_scenario(
+        text,
+        source=str(path),
+        overrides=overrides,
+        default_name=path.stem,
+        max_cases=max_cases,
+    )
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """The safe loader, refusing anchors and aliases where they appear."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.MarkedYAMLError(
+                problem="anchors and aliases (&name, *name) are not supported; write the values out",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def _yaml_error(exc: Exception, source: str, fallback: str | None = None) -> UserError:
+    """Any failure of the YAML reader as one line (a RecursionError is a document nested too deep)."""
+    if isinstance(exc, RecursionError):
+        return UserError("invalid YAML: nested too deeply", where=source)
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark else (fallback or source)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return UserError(f"invalid YAML: {problem}", where=where)
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=_NoAliasLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise _yaml_error(exc, source) from None
 
 
 def parse_scenario(
@@ -49,20 +96,19 @@ def parse_scenario(
     source: str = "<string>",
     overrides: Sequence[str] = (),
     default_name: str = "scenario",
+    max_cases: int = DEFAULT_MAX_CASES,
 ) -> Scenario:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise UserError(f"invalid YAML: {problem}", where=where) from None
+    root = _compose(text, source)
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
+        raise UserError(
+            "the scenario file is empty (a scenario names at least a model: section)",
+            where=source,
+        )
     reader = _Reader(source)
-    if root is not None:
-        reader.read_document(root)
+    reader.read_document(root)
     for item in overrides:
         reader.apply_override(item)
-    return reader.build(default_name)
+    return reader.build(default_name, max_cases)
 
 
 class _Reader:
@@ -80,7 +126,10 @@ class _Reader:
         return f"{self.source}:{node.start_mark.line + 1}"
 
     def construct(self, node: yaml.Node) -> Any:
-        return self._constructor.construct_document(node)
+        try:
+            return self._constructor.construct_document(node)
+        except (yaml.YAMLError, RecursionError) as exc:  # e.g. a !!python/object tag
+            raise _yaml_error(exc, self.source, fallback=self.where(node)) from None
 
     def _mapping_items(
         self, node: yaml.Node, key: str | None
@@ -176,13 +225,20 @@ class _Reader:
         return sizes
 
     def _validate(self, dotted: str, value: Any, where: str) -> Any:
+        if not _finite(value):
+            raise UserError(
+                f"{value!r} is not valid: numbers must be finite", where=where, key=dotted
+            )
         try:
             adapter = ADAPTERS[dotted]
             # back to plain JSON types (a ByteSize becomes an int) so resolved scenarios dump as YAML
             return adapter.dump_python(adapter.validate_python(value), mode="json")
         except ValidationError as exc:
             raise UserError(
-                f"{value!r} is not valid: {_first_error(exc)}", where=where, key=dotted
+                f"{value!r} is not valid: {_first_error(exc)}"
+                + (did_you_mean(value, literal_choices(dotted)) if isinstance(value, str) else ""),
+                where=where,
+                key=dotted,
             ) from None
 
     def _rules(self, node: yaml.Node, kind: str) -> list[Rule]:
@@ -217,9 +273,10 @@ class _Reader:
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form key=value", where=where)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            node = _compose(raw, where) if raw.strip() else None
+        except UserError:
             raise UserError(f"cannot parse the value {raw!r}", where=where, key=key) from None
+        value = self.construct(node) if node is not None else None
         if key.startswith("deepspeed.config."):
             config = dict(self.values.get("deepspeed.config") or {})
             _set_path(config, key.split(".")[2:], value)
@@ -239,7 +296,7 @@ class _Reader:
         else:
             self.values[key] = self._validate(key, value, where)
 
-    def build(self, default_name: str) -> Scenario:
+    def build(self, default_name: str, max_cases: int = DEFAULT_MAX_CASES) -> Scenario:
         base: dict[str, Any] = {}
         axes: list[Axis] = []
         for key, value in self.values.items():
@@ -258,9 +315,16 @@ class _Reader:
                 where=self.lines.get("check", self.source),
                 key="check",
             )
+        name = str(self.meta.get("name") or default_name)
+        if len(name) > MAX_NAME:
+            raise UserError(
+                f"{len(name)} characters; a name has at most {MAX_NAME}",
+                where=self.lines.get("name", self.source),
+                key="name",
+            )
         scenario = Scenario(
             source=self.source,
-            name=str(self.meta.get("name") or default_name),
+            name=name,
             description=str(self.meta.get("description") or ""),
             base=base,
             axes=axes,
@@ -269,6 +333,7 @@ class _Reader:
             run=run,
             check=check,
             lines=self.lines,
+            max_cases=max_cases,
         )
         if not scenario.expand():
             raise UserError("every case is excluded; nothing would run", where=self.source)
@@ -282,6 +347,17 @@ def _unique(values: list[Any], key: str, where: str) -> list[Any]:
             raise UserError(f"{v!r} is listed twice", where=where, key=key)
         out.append(v)
     return out
+
+
+def _finite(value: Any) -> bool:
+    """False when a NaN or an infinity hides anywhere in ``value`` (``training.lr: .inf``)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _first_error(exc: ValidationError) -> str:

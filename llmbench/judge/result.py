@@ -7,12 +7,32 @@ that could not be measured is ``None`` and ``null_reasons`` says why.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "skipped")
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _spell(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity, however deeply nested, replaced by None."""
+    if _non_finite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def now_iso() -> str:
@@ -41,7 +61,33 @@ class CaseResult:
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False, default=str)
+        """One JSON line; a NaN or infinite figure becomes null with its reason (see :meth:`finite`)."""
+        return json.dumps(
+            asdict(self.finite()), separators=(",", ":"), allow_nan=False, default=str
+        )
+
+    def finite(self) -> CaseResult:
+        """A copy whose non-finite numbers are ``null``, each metric with the reason.
+
+        JSON has no NaN; refusing to write one would lose the case (and every
+        later one). A diverged loss is itself a finding, so the first non-finite
+        loss also becomes the case's reason: "loss became NaN at step 3".
+        """
+        data = asdict(self)
+        for name, value in self.metrics.items():
+            if _non_finite(value):
+                data["metrics"][name] = None
+                data["null_reasons"].setdefault(
+                    name, f"the value was {_spell(value)} (not a finite number)"
+                )
+        diverged = next((i for i, loss in enumerate(self.losses) if _non_finite(loss)), None)
+        if diverged is not None:
+            why = f"loss became {_spell(self.losses[diverged])} at step {diverged + 1}"
+            data["reason"] = data["reason"] or why
+            for name in ("loss_first", "loss_last"):
+                if data["metrics"].get(name, 0) is None:
+                    data["null_reasons"][name] = why
+        return CaseResult.from_dict(_finite(data))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:

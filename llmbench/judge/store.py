@@ -16,10 +16,12 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,17 @@ from llmbench.errors import UserError
 from llmbench.judge.result import CaseResult
 
 RESULTS = "results.jsonl"
+LOCK = ".lock"
+MAX_SLUG = 80
+"""Longest scenario name kept in a run id (file names stop at 255 bytes)."""
 
 
 class CorruptLineWarning(UserWarning):
     """A results line that is not valid JSON (e.g. truncated by a crash); it is skipped."""
+
+
+TORN_SUFFIX = ".torn"
+"""``results.jsonl.torn`` keeps every fragment cut from a torn last line, so repair loses nothing."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -43,19 +52,86 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def replace_durably(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: temp file, fsync, rename, fsync of the directory.
+
+    Without the two fsyncs a power cut after ``os.replace`` can leave an empty
+    file under the new name (the rename reached the disk, the data did not).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _repair_tail(fd: int, path: Path) -> None:
+    """Make the file end in a newline before appending, under the caller's lock.
+
+    A crash (or a full disk) in the middle of a write leaves a last line without
+    its newline; appending straight after it would glue the next result onto
+    the fragment and lose both. A fragment that is whole JSON only lacks its
+    newline and gets one; anything else is cut, and kept in ``<file>.torn``.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    start = size
+    while start > 0:
+        chunk_start = max(0, start - 65536)
+        chunk = os.pread(fd, start - chunk_start, chunk_start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            start = chunk_start + newline + 1
+            break
+        start = chunk_start
+    fragment = os.pread(fd, size - start, start)
+    try:
+        json.loads(fragment)
+    except ValueError:
+        torn = path.with_name(path.name + TORN_SUFFIX)
+        with torn.open("ab") as fh:
+            fh.write(fragment + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.ftruncate(fd, start)
+        warnings.warn(
+            f"{path}: cut a torn last line ({len(fragment)} bytes, kept in {torn.name})",
+            CorruptLineWarning,
+            stacklevel=3,
+        )
+        return
+    _write_all(fd, b"\n")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one line durably: a single locked write, then fsync.
 
-    The lock keeps lines whole when several processes append to one file.
+    The lock keeps lines whole when several processes append to one file; a
+    torn last line left by a crash is repaired first (see :func:`_repair_tail`).
+    A write that fails (disk full, file size limit) raises an ``OSError``
+    naming the file; the fragment it may leave is repaired by the next append.
     """
     data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _repair_tail(fd, path)
+        _write_all(fd, data)
         os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -120,13 +196,17 @@ class RunDir:
 
     @classmethod
     def create(cls, output_dir: str | Path, scenario_name: str) -> RunDir:
-        """A new, empty run directory named ``<UTC time>-<scenario>``; never reuses one."""
+        """A new, empty run directory ``<UTC time>-<scenario>-<random>``; never reuses one.
+
+        The random part keeps ids unique when several machines share one
+        history: the UTC second and the scenario name alone collide.
+        """
         root = Path(output_dir)
         root.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.utcnow().strftime("%Y%m%d-%H%M%S")
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario_name).strip("-") or "run"
-        for n in range(1000):
-            path = root / (f"{stamp}-{slug}" + (f"-{n}" if n else ""))
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario_name).strip("-")[:MAX_SLUG] or "run"
+        for _ in range(100):
+            path = root / f"{stamp}-{slug}-{secrets.token_hex(3)}"
             try:
                 path.mkdir()
             except FileExistsError:
@@ -134,6 +214,31 @@ class RunDir:
             _fsync_dir(root)
             return cls(path)
         raise RuntimeError(f"cannot create a run directory under {root}")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory exclusively while a sweep writes into it.
+
+        Two sweeps in one directory (two ``--resume``) would delete each other's
+        live case directories; the second is refused instead. The lock is the
+        kernel's (flock), so it goes away with a killed process.
+        """
+        lock_path = self.path / LOCK
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise UserError(
+                    f"another llmbench (pid {owner}) is running in this run directory",
+                    where=str(self.path),
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -151,9 +256,7 @@ class RunDir:
         self._write(name, yaml.safe_dump(data, sort_keys=False))
 
     def _write(self, name: str, text: str) -> None:
-        tmp = self.path / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.path / name)
+        replace_durably(self.path / name, text.encode())
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         try:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,14 +118,33 @@ class Runner:
         for index, item in enumerate(pending):
             if self.observer:
                 self.observer.case_started(index, len(pending), item.case, item.repeat)
-            result = self.run_case(item.case, item.repeat)
-            if self.annotate:
-                self.annotate(item.case, result)
+            try:
+                result = self.run_case(item.case, item.repeat)
+                if self.annotate:
+                    self.annotate(item.case, result)
+            except Exception as exc:  # a bug met by one case must not cost the sweep
+                result = self._crashed(item, exc)
             self.run_dir.append(result)
             results.append(result)
             if self.observer:
                 self.observer.case_finished(result)
         return results
+
+    def _crashed(self, item: PendingCase, exc: Exception) -> CaseResult:
+        """The case as ``error``, its traceback kept in the case directory."""
+        case_dir = self.run_dir.case_dir(item.case.id, item.repeat)
+        where = case_dir / "llmbench-error.txt"
+        try:
+            case_dir.mkdir(parents=True, exist_ok=True)
+            where.write_text("".join(traceback.format_exception(exc)))
+        except OSError:
+            where = None
+        kept = f"; traceback in {where}" if where else ""
+        result = self._result(
+            item.case, item.repeat, "error", f"llmbench {type(exc).__name__}: {exc}{kept}"
+        )
+        result.started_at = result.ended_at = now_iso()
+        return result
 
     def _result(self, case: Case, repeat: int, status: str, reason: str | None) -> CaseResult:
         return CaseResult(

@@ -63,3 +63,16 @@ def test_deep_merge_does_not_mutate():
     base = {"a": {"b": 1}}
     merged = deep_merge(base, {"a": {"c": 2}})
     assert merged == {"a": {"b": 1, "c": 2}} and base == {"a": {"b": 1}}
+
+
+def test_torch_adam_fallback_when_deepspeed_ops_cannot_be_built():
+    cfg = deepspeed_config(spec(), micro_batch=1, torch_adam=True)
+    assert cfg["optimizer"]["params"]["torch_adam"] is True
+    assert "zero_force_ds_cpu_optimizer" not in cfg
+    offload = deepspeed_config(
+        spec(deepspeed={"zero_stage": 2, "offload_optimizer": "cpu"}),
+        micro_batch=1,
+        torch_adam=True,
+    )
+    assert offload["zero_force_ds_cpu_optimizer"] is False  # else DeepSpeed insists on CPU Adam
+    assert "torch_adam" not in deepspeed_config(spec(), micro_batch=1)["optimizer"]["params"]

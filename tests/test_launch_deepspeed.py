@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -206,8 +205,8 @@ def test_a_scenario_is_checked_against_the_hostfile_before_the_sweep(tmp_path):
         DeepSpeedLauncher.for_scenario(scenario, detect("cpu"))
 
 
-@pytest.mark.skipif(shutil.which("pdsh") is not None, reason="pdsh is installed here")
-def test_a_multi_node_scenario_needs_the_backend_installed_here(tmp_path):
+def test_a_multi_node_scenario_needs_the_backend_installed_here(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pdsh on it, even where CI installed one
     hostfile = tmp_path / "hosts"
     hostfile.write_text(TWO_NODES)
     text = TINY.format(name="two", steps=2, world_size="4, nodes: 2")
@@ -289,3 +288,22 @@ def test_a_killed_sweep_leaves_no_rank_of_deepspeeds_launcher_behind(write_scena
     t0 = time.monotonic()
     assert wait_for(lambda: processes_of(case_dir) == [], 30), processes_of(case_dir)
     assert time.monotonic() - t0 < 30
+
+
+def test_local_gpus_are_named_so_deepspeed_keeps_cuda_visible_devices(tmp_path):
+    """CUDA_VISIBLE_DEVICES=2,3: DeepSpeed would otherwise give the ranks GPUs 0 and 1."""
+    ds = launcher(tmp_path, gpus=True, device_ids=(2, 3))
+    hosts = ds.case_hosts(NodeLayout.of(1, 2))
+    argv = ds.command(hosts, CASE / "hostfile", CASE / "task.json", 29511)
+    assert argv[argv.index("--include") + 1] == "localhost:2,3"
+    assert "--num_gpus" not in argv and "--num_nodes" not in argv
+    assert ds.hostfile_slots(hosts) == {"localhost": 4}  # slots 0-3 exist to be filtered
+    one = ds.case_hosts(NodeLayout.of(1, 1))
+    assert "localhost:2" in ds.command(one, CASE / "hostfile", CASE / "task.json", 29511)
+
+
+def test_cpu_ranks_get_no_device_filter(tmp_path):
+    ds = launcher(tmp_path, "localhost slots=2\n")
+    hosts = ds.case_hosts(NodeLayout.of(1, 2))
+    assert "--include" not in argv_for(ds, 1, 2)
+    assert ds.hostfile_slots(hosts) == hosts

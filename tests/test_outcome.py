@@ -73,3 +73,19 @@ def test_a_rank_killed_without_a_record(tmp_path):
 
 def test_all_ok(tmp_path):
     assert classify(tmp_path, [rec(0), rec(1)], False, 10, None) == ("ok", None)
+
+
+def test_a_rank_oom_then_a_hang_is_oom_not_timeout(tmp_path):
+    """On several GPUs the OOM rank's peers block in NCCL until the case is killed."""
+    records = [
+        rec(0, "error", "OutOfMemoryError", "CUDA out of memory. Tried to allocate 8.00 GiB"),
+        None,  # the peer never got out of its collective
+    ]
+    status, reason = classify(tmp_path, records, True, 240, "init")
+    assert status == "oom"
+    assert reason.startswith("rank 0: OutOfMemoryError") and "killed after 240 s" in reason
+
+
+def test_a_hang_without_a_failed_rank_is_a_timeout(tmp_path):
+    status, reason = classify(tmp_path, [rec(0), None], True, 240, "measure")
+    assert (status, reason) == ("timeout", "killed after 240 s during measure")

@@ -67,3 +67,18 @@ def test_rank_record_round_trips_as_the_same_type(tmp_path):
     (tmp_path / "torn.json").write_text('{"rank": 0, "world_')
     assert RankRecord.load(tmp_path / "torn.json") is None
     assert RankRecord.load(tmp_path / "missing.json") is None
+
+
+def test_fp16_steps_the_loss_scaler_skipped_are_not_timed():
+    """A skipped step does no optimizer update and is faster: timing it flatters throughput."""
+    result = CaseResult(case_id="c", label="l", params={}, status="ok")
+    ranks = [record(r, [0.05, 0.2, 0.2, 0.2], [9.0, 8.0, 7.0, 6.0]) for r in range(2)]
+    ranks[1].skipped_steps = [0]  # any rank's skip skips the step for all
+    ranks[0].optimizer_impl = ranks[1].optimizer_impl = "torch.optim.adamw.AdamW"
+    fill_metrics(result, ranks, StepShape(2, 1, 8, dp=2, world_size=2), wall_s=10.0, device="cpu")
+    assert result.step_times_s == [0.2, 0.2, 0.2]
+    assert result.metrics["step_time_s_median"] == 0.2
+    assert result.metrics["steps_skipped"] == 1
+    assert result.metrics["measure_s"] == pytest.approx(0.65)  # the window still holds every step
+    assert result.losses == [9.0, 8.0, 7.0, 6.0]
+    assert result.metrics["optimizer_impl"] == "torch.optim.adamw.AdamW"

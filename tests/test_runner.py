@@ -27,3 +27,26 @@ def test_pending_cases_interleave_repeats_and_skip_done():
         (cases[0].id, 1),
         (cases[1].id, 1),
     ]
+
+
+def test_a_case_with_a_failed_rank_is_stopped_before_its_time_limit(tmp_path, monkeypatch):
+    """Its peers would wait in NCCL until the limit; the OOM rank's record is the answer."""
+    import time
+
+    from llmbench.define.schema import RunSpec
+    from llmbench.measure import runner as runner_module
+    from llmbench.measure.launch.base import CaseProcess
+    from llmbench.measure.record import RankRecord
+
+    monkeypatch.setattr(runner_module, "FAILED_RANK_GRACE_S", 0.3)
+    killed: list[float] = []
+    hung = CaseProcess(poll_fn=lambda: None if not killed else -9, kill_fn=lambda: killed.append(1))
+    runner = runner_module.Runner.__new__(runner_module.Runner)
+    runner.run, runner.observer = RunSpec(timeout_s=60), None
+    RankRecord(rank=0, world_size=2, status="ok").save(tmp_path / "rank0.json")
+    assert not runner_module.a_rank_failed(tmp_path)
+    RankRecord(rank=1, world_size=2, error_type="OutOfMemoryError").save(tmp_path / "rank1.json")
+    assert runner_module.a_rank_failed(tmp_path)
+    t0 = time.monotonic()
+    timed_out, _ = runner._wait(hung, tmp_path, t0)
+    assert killed and not timed_out and time.monotonic() - t0 < 5

@@ -98,21 +98,32 @@ def run(
 
 
 @cli.command("env")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="As run.device: with cuda, exit 2 unless torch has CUDA and a GPU is visible.",
+)
 @user_errors
-def env_command() -> None:
+def env_command(device: str) -> None:
     """Show what llmbench will measure here: accelerators, NVML, samplers, libraries."""
     from rich.table import Table
 
     from llmbench.define.schema import RunSpec
     from llmbench.hardware import detect
-    from llmbench.measure.environment import measurement_report
+    from llmbench.measure.environment import measurement_report, require_cuda
+
+    accel = detect(device)
+    if device == "cuda":
+        require_cuda(accel, where="llmbench env --device cuda")
 
     table = Table(title="llmbench env", header_style="bold", show_header=False)
     table.add_column("section", style="bold")
     table.add_column("item")
     table.add_column("value", overflow="fold")
     section = None
-    for name, item, value in measurement_report(detect(), RunSpec().sample_interval_s):
+    for name, item, value in measurement_report(accel, RunSpec().sample_interval_s):
         if section is not None and name != section:
             table.add_section()
         table.add_row(name if name != section else "", item, value)

@@ -26,8 +26,13 @@ _ZERO_KNOBS = (
 )
 
 
-def deepspeed_config(spec: CaseSpec, micro_batch: int) -> dict[str, Any]:
-    """The DeepSpeed config for one case at a given micro-batch size."""
+def deepspeed_config(spec: CaseSpec, micro_batch: int, torch_adam: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for one case at a given micro-batch size.
+
+    ``torch_adam``: DeepSpeed's Adam ops could not be built here
+    (ops.optimizer_fallback), so torch's AdamW updates the weights, also under
+    ZeRO-Offload (where DeepSpeed otherwise insists on its CPU Adam).
+    """
     ds, par, tr = spec.deepspeed, spec.parallel, spec.training
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -48,6 +53,10 @@ def deepspeed_config(spec: CaseSpec, micro_batch: int) -> dict[str, Any]:
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     if par.tp > 1:
         cfg["tensor_parallel"] = {"autotp_size": par.tp}
+    if torch_adam:
+        cfg["optimizer"]["params"]["torch_adam"] = True
+        if ds.offload_optimizer != "none":
+            cfg["zero_force_ds_cpu_optimizer"] = False
     return deep_merge(cfg, ds.config)
 
 

@@ -53,6 +53,30 @@ def build_ops(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     return report
 
 
+OPTIMIZER_OPS = ("FusedAdamBuilder", "CPUAdamBuilder")
+"""The ops DeepSpeed's Adam needs: FusedAdam on the device, CPU Adam under ZeRO-Offload."""
+
+
+def optimizer_fallback(report: dict[str, dict[str, Any]]) -> str | None:
+    """Why the sweep must use torch's AdamW instead of DeepSpeed's Adam ops, or None.
+
+    A GPU machine without ``nvcc``/``CUDA_HOME``, or with a toolkit whose
+    major version differs from torch's CUDA, cannot JIT-build FusedAdam, and
+    every case would fail at ``deepspeed.initialize``. torch's AdamW
+    (DeepSpeed's ``torch_adam``) runs instead; it is slower per step, so each
+    result records the implementation it used (``optimizer_impl``).
+    """
+    failed = [
+        f"{n}: {report[n]['error']}" for n in OPTIMIZER_OPS if (report.get(n) or {}).get("error")
+    ]
+    if not failed:
+        return None
+    return (
+        f"DeepSpeed's Adam ops could not be built ({'; '.join(failed)}): every case uses "
+        "torch's AdamW (torch_adam), recorded as optimizer_impl"
+    )
+
+
 def build_ops_to_file(names: list[str], path: str) -> None:
     with open(path, "w") as fh:
         json.dump(build_ops(names), fh)

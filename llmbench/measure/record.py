@@ -59,6 +59,10 @@ class RankRecord:
     torch_threads: int | None = None
     topology: dict[str, int] | None = None
     pid: int = field(default_factory=os.getpid)
+    optimizer_impl: str | None = None
+    """The class that updated the weights (DeepSpeed's FusedAdam or CPU Adam, torch's AdamW)."""
+    skipped_steps: list[int] = field(default_factory=list)
+    """Indices of timed steps whose optimizer update the fp16 loss scaler skipped (overflow)."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))

@@ -37,7 +37,10 @@ def fill_metrics(
     present = [r for r in records if r is not None]
     result.ranks = [_rank_summary(r) for r in present]
     ok = result.status == "ok"
-    steps = slowest_rank_per_step([r.step_times_s for r in present]) if ok else []
+    executed = slowest_rank_per_step([r.step_times_s for r in present]) if ok else []
+    # fp16 steps the loss scaler skipped did no optimizer update: not timed as steps
+    skipped = {i for r in present for i in r.skipped_steps}
+    steps = [t for i, t in enumerate(executed) if i not in skipped]
     result.step_times_s = steps
     result.losses = _dp_mean_losses(present) if ok else []
     result.metrics.update(step_stats(steps))
@@ -46,7 +49,7 @@ def fill_metrics(
         for name, value in throughput(shape, result.metrics["step_time_s_median"]).items():
             result.set_metric(name, value, why)
     warmup = slowest_rank_per_step([r.warmup_times_s for r in present])
-    measure_s = sum(steps) if steps else None
+    measure_s = sum(executed) if executed else None
     warmup_s = sum(warmup) if ok else None
     result.set_metric("wall_s", wall_s)
     result.set_metric(
@@ -56,6 +59,12 @@ def fill_metrics(
     )
     result.set_metric("warmup_s", warmup_s, why)
     result.set_metric("measure_s", measure_s, why)
+    result.set_metric("steps_skipped", len(skipped) if ok else None, why)
+    result.set_metric(
+        "optimizer_impl",
+        next((r.optimizer_impl for r in present if r.optimizer_impl), None),
+        NOT_TRAINING if shape is None else "no rank built its optimizer",
+    )
     result.set_metric("overhead_s", wall_s - warmup_s - measure_s if ok else None, why)
     data = [
         sum(r.data_times_s) / sum(r.step_times_s)

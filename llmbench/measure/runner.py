@@ -101,6 +101,7 @@ class Runner:
         observer: SweepObserver | None = None,
         data_dirs: dict[str, str] | None = None,
         annotate: Callable[[Case, CaseResult], None] | None = None,
+        torch_adam: bool = False,
     ):
         self.run_dir = run_dir
         self.run = run
@@ -112,6 +113,8 @@ class Runner:
         """Case id -> prepared corpus directory, for ``data: text`` cases."""
         self.annotate = annotate
         """Adds figures derived from earlier cases (loss parity) before a result is saved."""
+        self.torch_adam = torch_adam
+        """DeepSpeed's Adam ops could not be built: cases use torch's AdamW (ops.optimizer_fallback)."""
 
     def run_all(self, pending: list[PendingCase]) -> list[CaseResult]:
         results = []
@@ -187,7 +190,7 @@ class Runner:
         threads = self.run.threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
         task = RankTask(
             spec=spec.model_dump(mode="json"),
-            ds_config=deepspeed_config(spec, micro_batch),
+            ds_config=deepspeed_config(spec, micro_batch, self.torch_adam),
             micro_batch=micro_batch,
             device=self.accel.kind,
             out_dir=str(case_dir),
@@ -264,17 +267,28 @@ class Runner:
         )
 
     def _wait(self, proc: CaseProcess, case_dir: Path, t0: float) -> tuple[bool, str | None]:
-        """Poll until the case ends or times out; report phase changes on the way."""
+        """Poll until the case ends or times out; report phase changes on the way.
+
+        A rank that failed (e.g. OOM) leaves its peers blocked in a collective
+        until NCCL's own timeout; once a failed record has been there for
+        FAILED_RANK_GRACE_S the case is stopped, not left to its time limit.
+        """
         deadline = t0 + self.run.timeout_s
         phase = None
         next_phase_check = 0.0
+        failed_at = None
         while proc.poll() is None:
             now = time.monotonic()
             if now >= deadline:
                 proc.kill()
                 return True, current_phase(case_dir)
+            if failed_at is not None and now - failed_at >= FAILED_RANK_GRACE_S:
+                proc.kill()
+                return False, current_phase(case_dir)
             if now >= next_phase_check:
                 next_phase_check = now + 0.5
+                if failed_at is None and a_rank_failed(case_dir):
+                    failed_at = now
                 new = current_phase(case_dir)
                 if new != phase and new is not None:
                     phase = new
@@ -285,6 +299,16 @@ class Runner:
 
 
 SAMPLING_OFF = "sampling off (run.sampling: false)"
+FAILED_RANK_GRACE_S = 10.0
+"""How long the other ranks may take to finish or fail after one rank wrote a failed record."""
+
+
+def a_rank_failed(case_dir: Path) -> bool:
+    """Whether some rank of the case has written a record that is not ``ok``."""
+    return any(
+        (record := RankRecord.load(path)) is not None and record.status != "ok"
+        for path in case_dir.glob("rank*.json")
+    )
 
 
 def sampled_metrics(

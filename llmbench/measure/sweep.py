@@ -16,9 +16,9 @@ from llmbench.judge.regression import CompareOptions, compare_finished_run, inde
 from llmbench.judge.report.console import comparison_table
 from llmbench.judge.runs import results_frame
 from llmbench.judge.store import RunDir
-from llmbench.measure.environment import collect
+from llmbench.measure.environment import collect, require_cuda
 from llmbench.measure.launch.base import Launcher
-from llmbench.measure.ops import ops_for
+from llmbench.measure.ops import ops_for, optimizer_fallback
 from llmbench.measure.progress import LiveProgress
 from llmbench.measure.runner import Runner, pending_cases
 
@@ -101,6 +101,8 @@ def run_sweep(
     compare: CompareOptions | None = None,
 ) -> int:
     accel = detect(scenario.run.device)
+    if scenario.run.device == "cuda":
+        require_cuda(accel, where=scenario.lines.get("run.device", scenario.source))
     if resume is not None:
         run_dir = RunDir.open(resume)
     else:
@@ -122,6 +124,7 @@ def run_sweep(
     prepare_environment(accel)
     launcher = make_launcher(scenario, accel)
     interrupted = False
+    fallback = None
     try:
         if pending:
             ops = launcher.build_ops(
@@ -133,6 +136,9 @@ def run_sweep(
                 "DeepSpeed ops: " + ", ".join(_op_text(name, info) for name, info in ops.items()),
                 highlight=False,
             )
+            fallback = optimizer_fallback(ops)
+            if fallback:
+                console.print(f"[yellow]{fallback}[/]", highlight=False)
         with LiveProgress(console, len(pending)) as progress:
             runner = Runner(
                 run_dir,
@@ -143,6 +149,7 @@ def run_sweep(
                 observer=progress,
                 data_dirs=data_dirs,
                 annotate=parity.annotate if parity else None,
+                torch_adam=fallback is not None,
             )
             runner.run_all(pending)
     except KeyboardInterrupt:

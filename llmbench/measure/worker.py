@@ -137,12 +137,23 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
         config=task.ds_config,
     )
     record.init_s = time.perf_counter() - t_init
+    optimizer = engine.basic_optimizer or engine.optimizer
+    record.optimizer_impl = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
     step = train_step(spec, engine, batches)
 
-    outputs = _timed(step, spec.training, record, phase, accel, task.device)
-    record.data_times_s = [data_s for _, data_s in outputs]
+    def step_noting_skips():
+        # fp16: the loss scaler skips the update of a step whose gradients overflowed.
+        # DeepSpeed has already synchronised on that check, so reading its counter
+        # adds nothing to the step; such steps are kept out of the timed statistics.
+        before = engine.skipped_steps
+        loss, data_s = step()
+        return loss, data_s, engine.skipped_steps > before
+
+    outputs = _timed(step_noting_skips, spec.training, record, phase, accel, task.device)
+    record.data_times_s = [data_s for _, data_s, _ in outputs]
+    record.skipped_steps = [i for i, (_, _, skipped) in enumerate(outputs) if skipped]
     # losses become floats only now: an .item() per step would add a sync inside the timed loop
-    record.losses = [float(loss) for loss, _ in outputs]
+    record.losses = [float(loss) for loss, _, _ in outputs]
 
 
 def _timed(fn, training, record: RankRecord, phase: PhaseLog, accel, device: str) -> list:
@@ -267,7 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     from llmbench.measure.process import die_with_parent
 
     die_with_parent()
-    record = run_rank(RankTask.load(args[0]))
+    task = RankTask.load(args[0])
+    record = run_rank(task)
+    if record.status != "ok" and task.device == "cuda":
+        # The record is written. Leave now: an orderly exit would tear NCCL down,
+        # which can block forever on a communicator whose peers are still waiting
+        # in a collective (the fork launcher ends its ranks with os._exit too).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     return 0 if record.status == "ok" else 1
 
 

@@ -76,6 +76,7 @@ class DeepSpeedLauncher(Launcher):
         launcher_args: Sequence[str] = (),
         gpus: bool = False,
         where: str = "scenario",
+        device_ids: tuple[int, ...] = (),
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown DeepSpeed backend {backend!r}; one of {', '.join(BACKENDS)}")
@@ -99,6 +100,8 @@ class DeepSpeedLauncher(Launcher):
         self.backend = backend
         self.launcher_args = list(launcher_args)
         self.gpus = gpus
+        self.device_ids = device_ids
+        """This machine's GPUs the sweep may use (NVML = PCI order, CUDA_VISIBLE_DEVICES applied)."""
         self.where = where
         # ranks on other hosts are out of the runner's sight: sample on each node
         self.samples_on_nodes = self.hosts is not None and not _is_local(self.hosts)
@@ -115,6 +118,7 @@ class DeepSpeedLauncher(Launcher):
             backend=run.deepspeed_backend,
             launcher_args=run.launcher_args,
             gpus=accel.kind == "cuda",
+            device_ids=accel.nvml_indices if accel.kind == "cuda" else (),
             where=scenario.lines.get(key, scenario.source),
         )
         for case in scenario.expand():
@@ -168,6 +172,11 @@ class DeepSpeedLauncher(Launcher):
         ]
         if self.include:
             argv += ["--include", self.include]
+        elif local and self.gpus and self.device_ids:
+            # DeepSpeed gives a host's ranks slots 0..N-1 and sets CUDA_VISIBLE_DEVICES
+            # to them, replacing ours: name the devices this sweep may use instead.
+            host, slots = next(iter(hosts.items()))
+            argv += ["--include", f"{host}:{','.join(map(str, self.device_ids[:slots]))}"]
         elif self.backend in FILTERING:
             argv += ["--num_nodes", str(len(hosts))]  # DeepSpeed's srun backend → --nodes
             if self.gpus:  # its srun backend asks for --gpus-per-node, which a CPU node lacks
@@ -183,6 +192,13 @@ class DeepSpeedLauncher(Launcher):
         placement = "env" if local else PLACEMENT[self.backend]
         return [*argv, str(SCRIPT), "--placement", placement, str(task_json)]
 
+    def hostfile_slots(self, hosts: dict[str, int]) -> dict[str, int]:
+        """Slots per host in the case's hostfile: enough to hold every id ``--include`` names."""
+        if _is_local(hosts) and self.gpus and self.device_ids and not self.include:
+            host, slots = next(iter(hosts.items()))
+            return {host: max(self.device_ids[:slots]) + 1}
+        return hosts
+
     def _master_addr(self, hosts: dict[str, int]) -> str:
         if self.master_addr:
             return self.master_addr
@@ -195,7 +211,7 @@ class DeepSpeedLauncher(Launcher):
             hostfile = self.hostfile
         else:
             hostfile = case_dir / "hostfile"
-            hostfile.write_text(format_hostfile(hosts))
+            hostfile.write_text(format_hostfile(self.hostfile_slots(hosts)))
         task_json = case_dir / "task.json"
         argv = self.command(hosts, hostfile, task_json, int(env["MASTER_PORT"]))
         master_addr = self._master_addr(hosts)

@@ -81,16 +81,25 @@ def classify(
     timeout_s: float,
     last_phase: str | None,
 ) -> tuple[str, str | None]:
-    """The status and reason of a finished (or killed) case."""
+    """The status and reason of a finished (or killed) case.
+
+    Rank records are read before a timeout is declared: a rank that ran out of
+    memory on one GPU leaves its peers blocked in NCCL until the case is
+    killed, and that case ran out of memory; it did not merely take too long.
+    """
+    failed = [r for r in records if r is not None and r.status != "ok"]
     if timed_out:
         during = f" during {last_phase}" if last_phase else ""
-        return "timeout", f"killed after {timeout_s:g} s{during}"
+        if not failed:
+            return "timeout", f"killed after {timeout_s:g} s{during}"
+        first = min(failed, key=_priority)
+        status = classify_error(first.error_type, first.error)
+        return status, _clip(f"{_reason(first)} (the case was then killed after {timeout_s:g} s)")
     leader = _read_leader(case_dir)
     if leader.get("status") and leader.get(
         "reason"
     ):  # a scheduler's verdict, e.g. SLURM's OOM kill
         return leader["status"], _clip(leader["reason"])
-    failed = [r for r in records if r is not None and r.status != "ok"]
     if failed:
         first = min(failed, key=_priority)
         return classify_error(first.error_type, first.error), _reason(first)

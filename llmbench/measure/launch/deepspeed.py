@@ -31,7 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,10 @@ BACKEND_TOOL = {"pdsh": "pdsh", "openmpi": "ompi_info", "slurm": "sinfo"}
 FILTERING = ("pdsh", "slurm")
 """Backends that take --include and --num_nodes/--num_gpus (OpenMPIRunner.validate_args refuses them)."""
 REMOTE_STOP_S = 5.0
+SSH_BACKENDS = ("pdsh", "openmpi")
+"""Backends that reach the nodes over ssh (pdsh's ssh module, mpirun's plm_rsh_agent)."""
+SSH_CHECK_S = 10
+"""ssh's ConnectTimeout when each node is checked before a case: the most a dead node costs."""
 # The characters DeepSpeed leaves unquoted in pdsh's remote command (MultiNodeRunner.add_export)
 _SHELL_SAFE = re.compile(r"[\w@%+=:,./-]+")
 
@@ -220,6 +224,13 @@ class DeepSpeedLauncher(Launcher):
             _check_remote_shell_safe(
                 [os.getcwd(), sys.executable, str(SCRIPT), str(task_json), master_addr]
             )
+        unreachable = unreachable_hosts(hosts) if remote and self.backend in SSH_BACKENDS else {}
+        if unreachable:
+            reason = "; ".join(
+                f"{h} is not reachable over ssh: {why}" for h, why in unreachable.items()
+            )
+            write_leader(case_dir, {}, status="error", reason=reason)
+            return CaseProcess(poll_fn=lambda: 255, kill_fn=lambda: None)
         write_case_env(case_dir, {**env, "MASTER_ADDR": master_addr})
         with (case_dir / "launcher.log").open("ab") as log:
             popen = subprocess.Popen(
@@ -245,6 +256,37 @@ class DeepSpeedLauncher(Launcher):
         from llmbench.measure.launch.local import LocalLauncher
 
         return LocalLauncher("spawn").build_ops(names, out, timeout_s)
+
+
+def unreachable_hosts(hosts: Iterable[str]) -> dict[str, str]:
+    """The hosts ssh cannot reach, each with ssh's last line; all are tried at once.
+
+    DeepSpeed's runner checks only the first host. When pdsh cannot reach a later
+    one, the ranks it did start wait at the rendezvous for a peer that never
+    comes, and the case would end only at ``run.timeout_s``, as a timeout.
+    """
+    checks = {
+        host: subprocess.Popen(
+            ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CHECK_S}", host, "true"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for host in hosts
+    }
+    failed = {}
+    for host, check in checks.items():
+        try:
+            _, err = check.communicate(timeout=2 * SSH_CHECK_S)
+        except subprocess.TimeoutExpired:
+            check.kill()
+            check.wait()
+            err = f"no answer within {2 * SSH_CHECK_S} s"
+        if check.returncode != 0:
+            lines = [line.strip() for line in err.splitlines() if line.strip()]
+            failed[host] = lines[-1] if lines else f"ssh exited with {check.returncode}"
+    return failed
 
 
 def _is_local(hosts: dict[str, int]) -> bool:

@@ -30,6 +30,7 @@ from llmbench.define.schema import (
     RUN_KEYS,
     TOP_LEVEL,
     RunSpec,
+    literal_choices,
     nest,
 )
 from llmbench.errors import UserError, did_you_mean
@@ -234,7 +235,10 @@ class _Reader:
             return adapter.dump_python(adapter.validate_python(value), mode="json")
         except ValidationError as exc:
             raise UserError(
-                f"{value!r} is not valid: {_first_error(exc)}", where=where, key=dotted
+                f"{value!r} is not valid: {_first_error(exc)}"
+                + (did_you_mean(value, literal_choices(dotted)) if isinstance(value, str) else ""),
+                where=where,
+                key=dotted,
             ) from None
 
     def _rules(self, node: yaml.Node, kind: str) -> list[Rule]:

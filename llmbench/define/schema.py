@@ -10,7 +10,7 @@ expansion and ids in ``cases``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -230,6 +230,13 @@ class RunSpec(_Section):
     launcher_args: list[str] = Field(default_factory=list)
     """Extra arguments for DeepSpeed's multi-node backend (its ``--launcher_args``)."""
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    profile: Literal["none", "breakdown", "trace", "flops"] = "none"
+    """Where each step's time goes. ``none`` (default) leaves the timed steps untouched;
+    ``breakdown`` turns on DeepSpeed's wall-clock timers and comms logger for the timed
+    steps (phases and bytes per step); ``trace`` and ``flops`` profile extra steps after
+    the timed ones (torch.profiler trace; DeepSpeed's flops profiler). A run setting, not
+    a case parameter: a case keeps its id whatever the mode, so a profiled run compares
+    case for case with an unprofiled baseline, and two modes are A/B'd as two runs."""
 
 
 CASE_SECTIONS = ("model", "training", "deepspeed", "parallel", "comm")
@@ -260,6 +267,17 @@ RANGE_KEYS = ("comm.size_bytes",)  # "1KiB..64MiB" sweeps the powers of two in b
 LIST_VALUED_KEYS = ("run.slurm.extra_args", "run.launcher_args")
 
 ADAPTERS = {key: TypeAdapter(annotation) for key, annotation in ALL_KEYS.items()}
+
+
+def literal_choices(key: str) -> tuple[str, ...]:
+    """The words a key accepts (its ``Literal`` strings), for did-you-mean on a mistyped value."""
+
+    def walk(annotation: Any) -> list[str]:
+        if get_origin(annotation) is Literal:
+            return [a for a in get_args(annotation) if isinstance(a, str)]
+        return [word for arg in get_args(annotation) for word in walk(arg)]
+
+    return tuple(walk(ALL_KEYS.get(key)))
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:

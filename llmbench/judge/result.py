@@ -53,6 +53,10 @@ class CaseResult:
     null_reasons: dict[str, str] = field(default_factory=dict)
     step_times_s: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    phase_times_s: dict[str, list[float]] = field(default_factory=dict)
+    """``run.profile: breakdown``: seconds per timed step in each phase; with ``other`` they add up to the step."""
+    profile: dict[str, Any] = field(default_factory=dict)
+    """``run.profile`` artefacts: trace files (relative to the run directory), top ops, HTA summary, flops table."""
     ranks: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
     """``micro_batch: auto``: every micro-batch size tried, in order, with its outcome and throughput."""

@@ -28,6 +28,8 @@ class RankTask:
     timeout_s: float = 600.0
     data_dir: str | None = None
     """The prepared corpus (``data: text``), tokenised by the parent before the case started."""
+    profile: str = "none"
+    """``run.profile``: what the rank collects about where its steps' time goes (profile.py)."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -51,6 +53,12 @@ class RankRecord:
     step_times_s: list[float] = field(default_factory=list)
     warmup_times_s: list[float] = field(default_factory=list)
     data_times_s: list[float] = field(default_factory=list)
+    phase_times_s: dict[str, list[float]] = field(default_factory=dict)
+    """``profile: breakdown``: DeepSpeed's timers per timed step (forward, backward, …)."""
+    comm_steps: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    """``profile: breakdown``: per timed step, ``{op: {calls, bytes, s}}`` from the comms logger."""
+    profile: dict[str, Any] = field(default_factory=dict)
+    """``trace`` / ``flops``: files written and figures of the extra profiled steps."""
     losses: list[float] = field(default_factory=list)
     init_s: float | None = None
     memory: dict[str, int | None] = field(default_factory=dict)

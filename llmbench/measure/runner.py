@@ -25,11 +25,13 @@ from llmbench.hardware import Accelerator
 from llmbench.judge.result import CaseResult, now_iso
 from llmbench.judge.store import RunDir
 from llmbench.measure.autobatch import search_micro_batch
-from llmbench.measure.dsconfig import deepspeed_config
+from llmbench.measure.dsconfig import deep_merge, deepspeed_config
 from llmbench.measure.launch.base import CaseProcess, Launcher
 from llmbench.measure.launch.outcome import classify
 from llmbench.measure.metrics import StepShape
 from llmbench.measure.process import free_port
+from llmbench.measure.profile import ds_config as profile_config
+from llmbench.measure.profile_summary import fill_profile
 from llmbench.measure.record import RankRecord, RankTask
 from llmbench.measure.reduce import fill_comm, fill_flops, fill_metrics
 from llmbench.measure.sampling import (
@@ -190,13 +192,17 @@ class Runner:
         threads = self.run.threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
         task = RankTask(
             spec=spec.model_dump(mode="json"),
-            ds_config=deepspeed_config(spec, micro_batch, self.torch_adam),
+            ds_config=deep_merge(
+                deepspeed_config(spec, micro_batch, self.torch_adam),
+                profile_config(self.run.profile),
+            ),
             micro_batch=micro_batch,
             device=self.accel.kind,
             out_dir=str(case_dir),
             threads=threads,
             timeout_s=self.run.timeout_s,
             data_dir=self.data_dirs.get(case.id),
+            profile=self.run.profile,
         )
         case_dir.mkdir(parents=True, exist_ok=True)
         task.save(case_dir / "task.json")
@@ -243,6 +249,7 @@ class Runner:
         else:
             result.set_metric("micro_batch", micro_batch)
             fill_flops(result, spec, records)
+        fill_profile(result, records, shape, self.run.profile, self.run_dir.path)
         if on_nodes:
             timeline, unavailable = merge_node_timelines(case_dir)
             if timeline is None:

@@ -27,9 +27,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from llmbench.measure.profile import StepProfiler, make_profiler
 from llmbench.measure.record import RankRecord, RankTask
 
-PHASES = ("init", "warmup", "measure", "teardown")
+PHASES = ("init", "warmup", "measure", "profile", "teardown")
+"""``profile``: extra steps after the timed ones that run.profile trace/flops records."""
 # Synthetic batches are generated before timing and cycled; a bounded pool keeps
 # start-up and memory independent of the step count.
 SYNTHETIC_POOL = 256
@@ -149,20 +151,33 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
         loss, data_s = step()
         return loss, data_s, engine.skipped_steps > before
 
-    outputs = _timed(step_noting_skips, spec.training, record, phase, accel, task.device)
+    profiler = make_profiler(task.profile, engine, record, Path(task.out_dir), task.device, accel)
+    outputs = _timed(step_noting_skips, spec.training, record, phase, accel, task.device, profiler)
     record.data_times_s = [data_s for _, data_s, _ in outputs]
     record.skipped_steps = [i for i, (_, _, skipped) in enumerate(outputs) if skipped]
     # losses become floats only now: an .item() per step would add a sync inside the timed loop
     record.losses = [float(loss) for loss, _, _ in outputs]
 
 
-def _timed(fn, training, record: RankRecord, phase: PhaseLog, accel, device: str) -> list:
+def _timed(
+    fn,
+    training,
+    record: RankRecord,
+    phase: PhaseLog,
+    accel,
+    device: str,
+    profiler: StepProfiler | None = None,
+) -> list:
     """Warm-up calls, then timed calls that each end with an accelerator synchronise.
 
     Every rank starts the clock after a barrier; peaks are reset there, so
     memory figures describe the measured steps. Returns each timed call's output.
+    ``profiler`` hooks run outside the clock: between timed steps, and after
+    them for the extra steps a trace or flops profile records.
     """
     import torch
+
+    profiler = profiler or StepProfiler()
 
     phase("warmup")
     for _ in range(training.warmup_steps):
@@ -173,6 +188,7 @@ def _timed(fn, training, record: RankRecord, phase: PhaseLog, accel, device: str
     torch.distributed.barrier()
     _reset_peaks(device)
     phase("measure")
+    profiler.begin()
     outputs = []
     for _ in range(training.steps):
         t0 = time.perf_counter()
@@ -180,7 +196,11 @@ def _timed(fn, training, record: RankRecord, phase: PhaseLog, accel, device: str
         accel.synchronize()
         record.step_times_s.append(time.perf_counter() - t0)
         outputs.append(out)
+        profiler.after_step()
     record.memory = _memory(device)
+    if profiler.extra_steps:
+        phase("profile")
+        profiler.after_measure(fn)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return outputs

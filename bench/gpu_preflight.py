@@ -102,7 +102,7 @@ def toolkit_view() -> dict[str, Any]:
 def llmbench_env() -> dict[str, Any]:
     """``llmbench env`` as a user runs it (exit code, text) and its rows as data."""
     out = subprocess.run(
-        [sys.executable, "-m", "llmbench", "env"],
+        [sys.executable, "-m", "llmbench", "env", "--device", "cuda"],
         capture_output=True,
         text=True,
         timeout=120,

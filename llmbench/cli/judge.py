@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from llmbench.cli.base import cli, console, err_console, split_list, user_errors
 
@@ -41,7 +42,9 @@ def _corrupt_lines_reported(fn: Callable[..., Any]) -> Callable[..., Any]:
                 for w in caught:
                     if issubclass(w.category, CorruptLineWarning):
                         err_console.print(
-                            f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True
+                            f"[yellow]warning:[/] {escape(str(w.message))}",
+                            highlight=False,
+                            soft_wrap=True,
                         )
 
     return wrapper
@@ -95,7 +98,7 @@ def report(
     if isinstance(rendered, str):
         if output is not None:
             output.write_text(rendered)
-            console.print(f"report: {output}", highlight=False)
+            console.print(f"report: {output}", highlight=False, markup=False)
         else:
             click.echo(rendered, nl=False)
     elif output is not None:
@@ -218,11 +221,11 @@ def history_command(
 
     history = _history(history_path)
     for run_id, added in history.index_paths(index_paths):
-        console.print(f"indexed {run_id}: {added} new result(s)", highlight=False)
+        console.print(f"indexed {run_id}: {added} new result(s)", highlight=False, markup=False)
     for run_id, mark in ((mark_good, "good"), (mark_bad, "bad")):
         if run_id:
             history.mark(run_id, mark, note)
-            console.print(f"{run_id} marked {mark}", highlight=False)
+            console.print(f"{run_id} marked {mark}", highlight=False, markup=False)
     acted = bool(index_paths or mark_good or mark_bad)
     if list_runs:
         console.print(runs_table(history.runs(scenario, fingerprint)))
@@ -231,7 +234,9 @@ def history_command(
         return
     found = trend(history, metric or default_metric(history), scenario, case, fingerprint, last)
     if fmt == "csv":
-        click.echo(found.frame.to_csv(index=False), nl=False)
+        from llmbench.judge.report.export import safe_csv
+
+        click.echo(safe_csv(found.frame), nl=False)
     elif fmt == "json":
         click.echo(found.frame.to_json(orient="records", date_format="iso", indent=1))
     else:
@@ -240,7 +245,7 @@ def history_command(
         from llmbench.judge.report.plots import history_chart
 
         plot.write_bytes(history_chart(found.frame, found.metric, found.change_points))
-        console.print(f"plot: {plot}", highlight=False)
+        console.print(f"plot: {plot}", highlight=False, markup=False)
 
 
 @cli.command()
@@ -274,4 +279,5 @@ def ingest(files: tuple[Path, ...], output_dir: Path | None, history_path: Path 
         console.print(
             f"{path} → {run.path} ({len(run.results)} benchmarks, {state}; {added} newly indexed)",
             highlight=False,
+            markup=False,
         )

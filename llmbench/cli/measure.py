@@ -10,18 +10,29 @@ from typing import Any
 import click
 
 from llmbench.cli.base import cli, console, err_console, user_errors
+from llmbench.define.cases import DEFAULT_MAX_CASES
 from llmbench.errors import UserError
+
+
+MAX_CASES = click.option(
+    "--max-cases",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CASES,
+    show_default=True,
+    help="Refuse a sweep with more combinations than this (a guard against a typo'd matrix).",
+)
 
 
 @cli.command()
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
+@MAX_CASES
 @user_errors
-def validate(scenario: Path, overrides: tuple[str, ...]) -> None:
+def validate(scenario: Path, overrides: tuple[str, ...], max_cases: int) -> None:
     """Check a scenario file (and KEY=VALUE overrides) without running anything."""
     from llmbench.define.loader import load_scenario
 
-    loaded = load_scenario(scenario, overrides)
+    loaded = load_scenario(scenario, overrides, max_cases)
     cases = loaded.expand()
     axes = (
         ", ".join(f"{a.key}×{len(a.values)}" for a in loaded.axes if len(a.values) > 1)
@@ -30,19 +41,22 @@ def validate(scenario: Path, overrides: tuple[str, ...]) -> None:
     console.print(
         f"{scenario}: ok — {len(cases)} cases ({axes}), {loaded.run.repeats} repeat(s)",
         highlight=False,
+        markup=False,
     )
 
 
 @cli.command()
-@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="List the cases and their ids; run nothing.")
 @click.option(
     "--resume",
     "resume",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Run only the cases missing from this run directory.",
+    help="Run only the cases missing from this run directory, with the settings it was started"
+    " with (SCENARIO may be left out; if given, it must resolve to the same settings).",
 )
+@MAX_CASES
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -69,10 +83,11 @@ def validate(scenario: Path, overrides: tuple[str, ...]) -> None:
 )
 @user_errors
 def run(
-    scenario: Path,
+    scenario: Path | None,
     overrides: tuple[str, ...],
     dry_run: bool,
     resume: Path | None,
+    max_cases: int,
     output_dir: Path | None,
     compare_to: str | None,
     threshold_options: tuple[str, ...],
@@ -81,7 +96,21 @@ def run(
     """Run every case of SCENARIO; KEY=VALUE overrides (lists sweep), e.g. model.size=[tiny,mini]."""
     from llmbench.define.loader import load_scenario
 
-    loaded = load_scenario(scenario, overrides)
+    if (
+        resume is not None
+        and scenario is not None
+        and "=" in str(scenario)
+        and not scenario.exists()
+    ):
+        overrides, scenario = (str(scenario), *overrides), None  # `--resume DIR key=value`
+    if resume is not None:
+        from llmbench.measure.sweep import resume_scenario
+
+        loaded = resume_scenario(resume, scenario, overrides, max_cases)
+    elif scenario is None:
+        raise UserError("name a scenario file (or --resume RUN_DIR)", where="command line")
+    else:
+        loaded = load_scenario(scenario, overrides, max_cases)
     cases = loaded.expand()
     if dry_run:
         from llmbench.measure.sweep import dry_run_table
@@ -93,7 +122,15 @@ def run(
 
     compare = CompareOptions(compare_to, threshold_options, thresholds_file) if compare_to else None
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    code = run_sweep(loaded, cases, console, resume=resume, output_dir=output_dir, compare=compare)
+    code = run_sweep(
+        loaded,
+        cases,
+        console,
+        resume=resume,
+        output_dir=output_dir,
+        compare=compare,
+        overrides=overrides,
+    )
     sys.exit(code)
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from llmbench.define.cases import Case
 from llmbench.define.schema import CaseSpec
@@ -149,7 +151,8 @@ def parity_table(results: list[CaseResult]) -> tuple[Table, bool]:
         precision = str(r.params.get("deepspeed.precision"))
         atol, rtol = TOLERANCES[precision]
         if m["loss_parity_ok"] is None:
-            verdict, passed = f"[red]not scored[/] ({r.null_reasons.get('loss_parity_ok')})", False
+            why = escape(str(r.null_reasons.get("loss_parity_ok")))
+            verdict, passed = f"[red]not scored[/] ({why})", False
         elif m["loss_parity_ok"]:
             verdict = "[green]ok[/]"
         else:
@@ -160,5 +163,7 @@ def parity_table(results: list[CaseResult]) -> tuple[Table, bool]:
         dev_rel = (
             "–" if m["loss_parity_max_rel_dev"] is None else f"{m['loss_parity_max_rel_dev']:.2e}"
         )
-        table.add_row(r.label, precision, dev_abs, dev_rel, f"{atol:g} + {rtol:g}·|ref|", verdict)
+        table.add_row(
+            Text(r.label), precision, dev_abs, dev_rel, f"{atol:g} + {rtol:g}·|ref|", verdict
+        )
     return table, passed

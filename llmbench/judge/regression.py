@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from llmbench.errors import ExitCode, UserError
 from llmbench.judge.compare import Comparison, compare_runs, no_baseline
@@ -114,9 +115,11 @@ def index_finished_run(run_dir: RunDir, console: Console) -> History | None:
     try:
         added = history.index_run(read_run(run_dir.path))
     except UserError as exc:
-        console.print(f"[yellow]warning:[/] run not indexed: {exc}", highlight=False)
+        console.print(f"[yellow]warning:[/] run not indexed: {escape(str(exc))}", highlight=False)
         return None
-    console.print(f"history: {added} result(s) indexed in {history.path}", highlight=False)
+    console.print(
+        f"history: {added} result(s) indexed in {history.path}", highlight=False, markup=False
+    )
     return history
 
 
@@ -140,7 +143,7 @@ def compare_finished_run(
     try:
         comparison, baseline = judge(options, current, history)
     except UserError as exc:
-        console.print(f"[bold red]error:[/] compare: {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] compare: {escape(str(exc))}", highlight=False)
         return max(run_code, ExitCode.INVALID)
     out = run_dir.path / OUTPUT_DIR
     out.mkdir(exist_ok=True)
@@ -149,12 +152,14 @@ def compare_finished_run(
     frame = runs_frame(shown)
     (out / "report.html").write_text(html.report(shown, frame, build_pivot(frame)))
     console.print(verdicts.terminal(comparison))
-    console.print(f"compare outputs: {out}", highlight=False)
+    console.print(f"compare outputs: {out}", highlight=False, markup=False)
     if history is not None:
         try:
             history.record_verdict(
                 current.run_id, comparison.baseline_id, comparison.exit_code, comparison.headline
             )
         except UserError as exc:
-            console.print(f"[yellow]warning:[/] verdict not recorded: {exc}", highlight=False)
+            console.print(
+                f"[yellow]warning:[/] verdict not recorded: {escape(str(exc))}", highlight=False
+            )
     return max(run_code, comparison.exit_code)

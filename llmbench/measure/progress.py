@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,7 +22,7 @@ from llmbench.judge.result import CaseResult
 
 def result_line(result: CaseResult) -> str:
     style = STATUS_STYLE.get(result.status, "")
-    text = f"[{style}]{result.status:<11}[/] {result.label}"
+    text = f"[{style}]{result.status:<11}[/] {escape(result.label)}"
     if result.status == "ok":
         m = result.metrics
         rate = (
@@ -31,7 +32,7 @@ def result_line(result: CaseResult) -> str:
         )
         text += f"  {rate}  step {units.seconds(m.get('step_time_s_median'))}  mem {units.bytes_(m.get('peak_memory_bytes'))}"
     elif result.reason:
-        text += f"  [dim]{result.reason}[/]"
+        text += f"  [dim]{escape(result.reason)}[/]"
     return text
 
 
@@ -65,11 +66,11 @@ class LiveProgress:
             self._progress.stop()
 
     def case_started(self, index: int, total: int, case: Case, repeat: int) -> None:
-        self._label = case.label + (f" (repeat {repeat})" if repeat else "")
+        self._label = escape(case.label) + (f" (repeat {repeat})" if repeat else "")
         self._progress.update(self._task, description=f"{self._label} · starting")
 
     def case_phase(self, phase: str) -> None:
-        self._progress.update(self._task, description=f"{self._label} · {phase}")
+        self._progress.update(self._task, description=f"{self._label} · {escape(phase)}")
 
     def case_finished(self, result: CaseResult) -> None:
         self._progress.advance(self._task)

@@ -49,7 +49,7 @@ def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
     reasons = (
         "reason" in frame and frame["reason"].map(lambda r: isinstance(r, str) and bool(r)).any()
     )
-    table = Table(title=title, header_style="bold", show_lines=False)
+    table = Table(title=_title(title), header_style="bold", show_lines=False)
     for column in swept or ["label"]:
         table.add_column(short(column))
     table.add_column("status")
@@ -85,6 +85,11 @@ def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
     return table
 
 
+def _title(text: str | None) -> Text | None:
+    """Titles name scenarios and runs (data): rich would read ``[/x]`` in them as markup."""
+    return Text(text) if text else None
+
+
 def _more(shown: int, total: int) -> str:
     return (
         f"\n{total - shown} more rows: see --format html, markdown or csv" if total > shown else ""
@@ -94,7 +99,7 @@ def _more(shown: int, total: int) -> str:
 def pivot_table(pivot: Pivot, title: str | None = None, max_rows: int = MAX_ROWS) -> Table:
     """The grid of cases; the best cell bold green, failed cells coloured by status."""
     caption = legend(pivot) + _more(min(max_rows, len(pivot.rows)), len(pivot.rows))
-    table = Table(title=title, caption=caption, header_style="bold", show_lines=True)
+    table = Table(title=_title(title), caption=Text(caption), header_style="bold", show_lines=True)
     for key in pivot.row_keys:
         table.add_column(short(key))
     for col in pivot.cols:
@@ -116,7 +121,11 @@ def pivot_table(pivot: Pivot, title: str | None = None, max_rows: int = MAX_ROWS
 def text_table(source: TextTable, max_rows: int = MAX_ROWS) -> Table:
     """A :class:`TextTable` as a rich Table (cell text is never read as markup)."""
     caption = _more(min(max_rows, len(source.rows)), len(source.rows)).strip() or None
-    table = Table(title=source.title, caption=caption, header_style="bold")
+    table = Table(
+        title=_title(source.title),
+        caption=_title(caption),
+        header_style="bold",
+    )
     for index, name in enumerate(source.header):
         table.add_column(
             name,
@@ -140,7 +149,7 @@ def trend_table(trend: Trend) -> Table:
         f"change point: a level shift beyond the compare threshold and {Z:g} robust σ "
         "(rolling median, MAD scale)"
     )
-    table = Table(title=f"{trend.metric} over runs", header_style="bold", caption=caption)
+    table = Table(title=Text(f"{trend.metric} over runs"), header_style="bold", caption=caption)
     for name in ("case", "run", "started", "fingerprint", trend.metric, "vs previous", ""):
         table.add_column(name, justify="right" if name in (trend.metric, "vs previous") else "left")
     for _, group in trend.frame.groupby("case_id", sort=False):

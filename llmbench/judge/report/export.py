@@ -11,10 +11,33 @@ import pandas as pd
 
 from llmbench.judge.runs import LISTS
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A cell starting with one of these is a formula to Excel, LibreOffice and Sheets (OWASP CSV injection)."""
+
+
+def _inert(value: object) -> object:
+    """A text cell a spreadsheet shows as text: a leading ``'`` before a formula start.
+
+    Numbers are left alone (a negative number is data, not a formula); labels,
+    reasons and scenario names are user text and may start with ``=``.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def safe_csv(frame: pd.DataFrame) -> str:
+    """``frame`` as CSV with every text cell made inert for spreadsheets."""
+    inert = frame.copy()
+    for column in inert.columns:
+        if not pd.api.types.is_numeric_dtype(inert[column]):
+            inert[column] = inert[column].map(_inert)
+    inert.columns = [_inert(str(c)) for c in inert.columns]
+    return inert.to_csv(index=False)
+
 
 def to_csv(frame: pd.DataFrame) -> str:
-    flat = frame.drop(columns=[c for c in (*LISTS, "null_reasons") if c in frame.columns])
-    return flat.to_csv(index=False)
+    return safe_csv(frame.drop(columns=[c for c in (*LISTS, "null_reasons") if c in frame.columns]))
 
 
 def to_json(frame: pd.DataFrame) -> str:

@@ -96,8 +96,8 @@ def terminal(comparison: Comparison) -> Group:
     if comparison.baseline_id is None and not comparison.verdicts:
         return Group(*parts)
     table = Table(
-        title=f"{comparison.scenario}: {comparison.baseline_id} → {comparison.current_id}",
-        caption=method_text(comparison),
+        title=Text(f"{comparison.scenario}: {comparison.baseline_id} → {comparison.current_id}"),
+        caption=Text(method_text(comparison)),
         header_style="bold",
     )
     for name in HEADER:

@@ -314,7 +314,7 @@ def a_rank_failed(case_dir: Path) -> bool:
     """Whether some rank of the case has written a record that is not ``ok``."""
     return any(
         (record := RankRecord.load(path)) is not None and record.status != "ok"
-        for path in case_dir.glob("rank*.json")
+        for path in case_dir.glob("rank[0-9]*.json")  # not rank_env.json (DeepSpeed, SLURM)
     )
 
 

@@ -61,3 +61,27 @@ def test_a_failed_cpu_rank_returns_normally(failing_rank):
     run, case_dir = failing_rank
     assert run("cpu") == ["returned 1"]  # gloo has no teardown that blocks
     assert (case_dir / "rank1.json").exists()
+
+
+@pytest.mark.slow
+def test_a_real_case_records_its_optimizer_and_skipped_steps(write_scenario, tmp_path, ds_ops):
+    """DeepSpeed's fused Adam, and torch's AdamW where the sweep had to fall back (torch_adam)."""
+    from conftest import read_results, run_dirs, run_llmbench
+
+    path = write_scenario(
+        """
+        name: optimizers
+        model: {family: gpt2, size: tiny}
+        training: {seq_len: 32, micro_batch: 2, warmup_steps: 1, steps: 3}
+        deepspeed:
+          precision: bf16
+          config: [{}, {optimizer: {params: {torch_adam: true}}}]
+        run: {timeout_s: 300}
+        """
+    )
+    out = run_llmbench(["run", str(path), "--output-dir", str(tmp_path / "runs")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = read_results(run_dirs(tmp_path / "runs")[0])
+    impls = sorted(r["metrics"]["optimizer_impl"] for r in results)
+    assert impls == ["deepspeed.ops.adam.fused_adam.FusedAdam", "torch.optim.adamw.AdamW"]
+    assert [r["metrics"]["steps_skipped"] for r in results] == [0, 0]  # bf16 skips nothing

@@ -116,6 +116,9 @@ def test_a_hostile_master_address_stays_one_quoted_word(tmp_path):
         ("--time=5", "--time is set from run.slurm.time_limit"),
         ("--array=1-4", "--array is set from one job per case"),
         ("qos=high", "'qos=high' is not an sbatch option"),
+        ("--ntasks-per-no=8", "--ntasks-per-no is set from parallel.world_size"),
+        ("--nod", "--nod is set from parallel.nodes"),
+        ("--tim=5", "--tim is set from run.slurm.time_limit"),
     ],
 )
 def test_extra_args_cannot_fight_the_case(arg, message):

@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -177,6 +178,27 @@ def test_a_failing_sampler_reports_instead_of_raising():
     assert set(timeline["source"]) == {"host"}
     assert list(timeline.columns[:4]) == ["t", "t_rel_s", "source", "device"]
     assert "x" in timeline.columns and timeline["t_rel_s"].min() >= 0
+
+
+class Hung(Broken):
+    source = "hung"
+
+    def sample(self, root_pid):
+        threading.Event().wait()  # a driver call that never returns
+
+
+def test_a_hung_reading_does_not_hang_the_sweep(monkeypatch):
+    monkeypatch.setattr("llmbench.measure.sampling.base.STOP_TIMEOUT_S", 0.3)
+    samplers = SamplerSet([HostSampler(0.02), Hung(0.02)])
+    samplers.start(os.getpid())
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    timeline = samplers.stop()
+    assert time.monotonic() - t0 < 2
+    assert samplers.unavailable == {
+        "hung": "hung sampler hung: a reading did not return within 0.3 s of the case's end"
+    }
+    assert set(timeline["source"]) == {"host"}
 
 
 def test_a_sampler_starts_once():

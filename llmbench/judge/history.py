@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -107,8 +108,33 @@ def _now() -> str:
 
 
 def history_next_to(runs_root: Path) -> Path:
-    """``reports/runs`` → ``reports/history.sqlite``: the index lives beside the runs."""
-    return runs_root.resolve().parent / HISTORY_NAME
+    """``reports/runs`` → ``reports/history.sqlite``: the index lives beside the runs.
+
+    Not when that parent is writable by everyone (``--output-dir /tmp/runs``):
+    any local user could then plant or replace the history next to /tmp.
+    The index then lives inside the runs folder instead.
+    """
+    root = runs_root.resolve()
+    try:
+        shared = bool(root.parent.stat().st_mode & stat.S_IWOTH)
+    except OSError:
+        shared = False
+    return (root if shared else root.parent) / HISTORY_NAME
+
+
+def _same_result(stored: dict[str, Any], result: CaseResult) -> bool:
+    """The same record, compared on the fields both have (a newer llmbench may add fields)."""
+    current = json.loads(result.to_json())
+    return all(stored[k] == current[k] for k in stored.keys() & current.keys())
+
+
+def _conflict(run: Run, stored_path: str | None, what: str) -> UserError:
+    """Two runs under one id: the history is append-only, so the second is refused, never dropped."""
+    return UserError(
+        f"run id {run.run_id} is already in the history (from {stored_path or 'elsewhere'}) "
+        f"with different {what}; not indexed",
+        where=str(run.path) if run.path else run.run_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -176,27 +202,43 @@ class History:
 
     def index_run(self, run: Run, source: str = "llmbench") -> int:
         """Add a run and whichever of its results are not indexed yet; returns how many were added."""
+        identity = (
+            run.scenario_name,
+            run.fingerprint,
+            json.dumps(run.env, default=str),
+            json.dumps(run.scenario, default=str),
+        )
         with self._connect(write=True) as db:
-            db.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run.run_id,
-                    run.scenario_name,
-                    run.fingerprint,
-                    source,
-                    str(run.path.resolve()) if run.path else None,
-                    run.started_at or _now(),
-                    _now(),
-                    json.dumps(run.env, default=str),
-                    json.dumps(run.scenario, default=str),
-                ),
-            )
+            stored = db.execute(
+                "SELECT scenario, fingerprint, env, scenario_doc, path FROM runs WHERE run_id = ?",
+                (run.run_id,),
+            ).fetchone()
+            if stored is None:
+                db.execute(
+                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.run_id,
+                        identity[0],
+                        identity[1],
+                        source,
+                        str(run.path.resolve()) if run.path else None,
+                        run.started_at or _now(),
+                        _now(),
+                        *identity[2:],
+                    ),
+                )
+            elif tuple(stored[:4]) != identity:
+                raise _conflict(run, stored[4], "its scenario or environment")
             known = {
-                (case, repeat)
-                for case, repeat in db.execute(
-                    "SELECT case_id, repeat FROM results WHERE run_id = ?", (run.run_id,)
+                (case, repeat): record
+                for case, repeat, record in db.execute(
+                    "SELECT case_id, repeat, record FROM results WHERE run_id = ?", (run.run_id,)
                 )
             }
+            for r in run.results:
+                record = known.get((r.case_id, r.repeat))
+                if record is not None and not _same_result(json.loads(record), r):
+                    raise _conflict(run, stored[4] if stored else None, f"case {r.case_id}")
             new = [r for r in run.results if (r.case_id, r.repeat) not in known]
             db.executemany(
                 "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",

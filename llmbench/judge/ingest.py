@@ -7,15 +7,20 @@ same code that summarises training steps; ``ops_per_s`` is pytest-benchmark's
 own operations per second. So ``compare`` (Mann-Whitney U on the rounds) and
 ``history`` treat micro-benchmarks exactly like training cases.
 
-The run id is the benchmark session's UTC time plus the file's name:
-ingesting the same file twice changes nothing (the store is append-only).
+The run id is the benchmark session's UTC time, the file's name and a hash of
+its content: ingesting the same file twice changes nothing (the store is
+append-only), and two different files never share an id.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -123,22 +128,41 @@ def case_result(bench: dict[str, Any], run_id: str, stamp: str) -> CaseResult:
 
 
 def ingest(path: Path, output_dir: Path) -> tuple[Run, bool]:
-    """Write the run directory for one benchmark file; (run, False) when it already exists."""
+    """Write the run directory for one benchmark file; (run, False) when it already exists.
+
+    The directory is built under a temporary name and renamed into place
+    whole, so a crash mid-ingest never leaves a partial run to be indexed
+    (the history is append-only: a partial run would stay in it forever).
+    """
     data = _load(path)
     stamp = _session_time(data, path)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-") or "bench"
-    run_id = f"{stamp.astimezone(timezone.utc):%Y%m%d-%H%M%S}-{SCENARIO}-{slug}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-")[:80] or "bench"
+    # same file → same id (ingesting twice is a no-op); another file of the same name and second → another id
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:6]
+    run_id = f"{stamp.astimezone(timezone.utc):%Y%m%d-%H%M%S}-{SCENARIO}-{slug}-{digest}"
     run_path = output_dir / run_id
     if run_path.exists():
         return read_run(run_path), False
-    run_path.mkdir(parents=True)
-    run_dir = RunDir(run_path)
-    run_dir.write_yaml(
-        "scenario.yaml",
-        {"name": SCENARIO, "description": f"pytest-benchmark results from {path.name}"},
-    )
-    run_dir.write_json("env.json", environment(data))
-    iso = stamp.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-    for bench in data["benchmarks"]:
-        run_dir.append(case_result(bench, run_id, iso))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=output_dir))
+    try:
+        run_dir = RunDir(building)
+        run_dir.write_yaml(
+            "scenario.yaml",
+            {"name": SCENARIO, "description": f"pytest-benchmark results from {path.name}"},
+        )
+        run_dir.write_json("env.json", environment(data))
+        iso = stamp.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        for bench in data["benchmarks"]:
+            run_dir.append(case_result(bench, run_id, iso))
+        building.chmod(0o755)
+        os.rename(building, run_path)
+    except OSError as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        return read_run(run_path), False  # ingested by someone else meanwhile: theirs is whole
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     return read_run(run_path), True

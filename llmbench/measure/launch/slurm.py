@@ -81,6 +81,19 @@ _FREE_PORT = "from llmbench.measure.process import free_port; print(free_port())
 _BUILD_OPS = "import sys; from llmbench.measure.ops import build_ops_to_file; build_ops_to_file(sys.argv[2:], sys.argv[1])"
 
 
+def _own_option(name: str) -> str | None:
+    """The option of llmbench's own that ``name`` sets, or None.
+
+    sbatch (getopt_long) accepts any unambiguous prefix of a long option:
+    ``--ntasks-per-no=8`` is ``--ntasks-per-node=8``, so prefixes are refused too.
+    """
+    if name in _OWN_OPTIONS:
+        return name
+    if name.startswith("--") and len(name) > 2:
+        return next((own for own in _OWN_OPTIONS if own.startswith(name)), None)
+    return None
+
+
 class SlurmLauncher(Launcher):
     """Cases as SLURM jobs; see the module docstring."""
 
@@ -104,9 +117,10 @@ class SlurmLauncher(Launcher):
                     where=where,
                     key="run.slurm.extra_args",
                 )
-            if name in _OWN_OPTIONS:
+            own = _own_option(name)
+            if own is not None:
                 raise UserError(
-                    f"{name} is set from {_OWN_OPTIONS[name]}",
+                    f"{name} is set from {_OWN_OPTIONS[own]}",
                     where=where,
                     key="run.slurm.extra_args",
                 )

@@ -23,6 +23,7 @@ from llmbench.judge.timeline import timeline_frame
 
 DEFAULT_INTERVAL_S = 0.1
 TREE_REFRESH_S = 0.5
+STOP_TIMEOUT_S = 5.0
 
 Sample = dict[str, Any]
 """One reading: ``t`` (epoch s), ``source``, ``device`` and the sampler's columns (None: missing)."""
@@ -118,10 +119,22 @@ class Sampler(ABC):
         self._thread.start()
 
     def stop(self) -> list[Sample]:
-        """End sampling (after one last reading) and return every sample taken."""
+        """End sampling (after one last reading) and return every sample taken.
+
+        A reading that never returns (a hung NVML call) must not hang the
+        sweep: after ``STOP_TIMEOUT_S`` the thread (a daemon) is abandoned, the
+        sampler says why its figures stop there, and what it read so far stays.
+        """
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            self._thread.join(STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                self.unavailable_reason = (
+                    f"{self.source} sampler hung: a reading did not return within "
+                    f"{STOP_TIMEOUT_S:g} s of the case's end"
+                )
+                self._thread = None
+                return list(self._samples)
             self._thread = None
             self._close()
         return self._samples

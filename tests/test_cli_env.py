@@ -105,3 +105,11 @@ def test_env_on_a_gpu_lists_the_cuda_toolkit(run_env, monkeypatch):
     output = run_env()
     assert "torch CUDA build │ none (CPU build)" in output
     assert "FusedAdam │ torch has no CUDA" in output
+
+
+def test_a_cuda_sweep_without_cuda_stops_before_any_case(cli_runner, write_scenario, tmp_path):
+    path = write_scenario("model: {family: gpt2, size: tiny}\nrun: {device: cuda}\n")
+    result = cli_runner.invoke(cli_module.cli, ["run", str(path), "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "scenario.yaml:2" in result.output and "CUDA was asked for" in result.output
+    assert not any(tmp_path.glob("*/results.jsonl"))  # no run directory was filled

@@ -76,6 +76,11 @@ def _history(path: Path | None) -> Any:
 @click.option(
     "--reference", help="Case id or label speed-ups are relative to (default: first ok case)."
 )
+@click.option(
+    "--breakdown",
+    is_flag=True,
+    help="Terminal: where each case's step time went (runs made with run.profile).",
+)
 @_history_option
 @user_errors
 @_corrupt_lines_reported
@@ -86,6 +91,7 @@ def report(
     rows: str,
     cols: str,
     reference: str | None,
+    breakdown: bool,
     history_path: Path | None,
 ) -> None:
     """Render RUNS (run directories or stored run ids): pivot, Markdown, HTML, CSV or JSON."""
@@ -94,7 +100,7 @@ def report(
 
     history = _history(history_path)
     loaded = [resolve_run(ref, history) for ref in runs]
-    rendered = render(loaded, fmt, split_list(rows), split_list(cols), reference)
+    rendered = render(loaded, fmt, split_list(rows), split_list(cols), reference, breakdown)
     if isinstance(rendered, str):
         if output is not None:
             output.write_text(rendered)

@@ -1,4 +1,4 @@
-"""Commands that define and measure: validate, run, env, parity, prepare-data."""
+"""Commands that define and measure: validate, run, profile, env, parity, prepare-data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import click
 from llmbench.cli.base import cli, console, err_console, user_errors
 from llmbench.define.cases import DEFAULT_MAX_CASES
 from llmbench.errors import UserError
-
 
 MAX_CASES = click.option(
     "--max-cases",
@@ -132,6 +131,37 @@ def run(
         overrides=overrides,
     )
     sys.exit(code)
+
+
+@cli.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@MAX_CASES
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Root for run directories (default: run.output_dir).",
+)
+@click.pass_context
+def profile(
+    ctx: click.Context,
+    scenario: Path,
+    overrides: tuple[str, ...],
+    max_cases: int,
+    output_dir: Path | None,
+) -> None:
+    """Run SCENARIO with run.profile=trace: a torch.profiler trace per rank of extra steps.
+
+    Same as ``llmbench run SCENARIO run.profile=trace [overrides]``; an override
+    ``run.profile=breakdown`` or ``=flops`` picks another mode.
+    """
+    ctx.invoke(
+        run,
+        scenario=scenario,
+        overrides=("run.profile=trace", *overrides),
+        max_cases=max_cases,
+        output_dir=output_dir,
+    )
 
 
 @cli.command("env")

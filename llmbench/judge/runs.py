@@ -27,7 +27,7 @@ from llmbench.judge.result import CaseResult
 from llmbench.judge.store import RunDir
 
 IDENTITY = ["run_id", "scenario", "case_id", "label", "repeat", "status", "reason"]
-LISTS = ["step_times_s", "losses"]
+LISTS = ["step_times_s", "losses", "phase_times_s"]
 NON_METRIC = {*IDENTITY, *LISTS, "null_reasons", "started_at", "ended_at", "repeats"}
 # Worst first when repeats of one case disagree: a case that errored once is not "ok".
 FAILED_STATUSES = ("error", "timeout")
@@ -107,6 +107,7 @@ def _row(result: CaseResult) -> dict[str, Any]:
     row["null_reasons"] = result.null_reasons
     row["step_times_s"] = result.step_times_s
     row["losses"] = result.losses
+    row["phase_times_s"] = result.phase_times_s
     row["started_at"] = result.started_at
     row["ended_at"] = result.ended_at
     return row

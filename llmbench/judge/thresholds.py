@@ -31,6 +31,11 @@ DEFAULT_SPECS = (
     ("*_j_per_*", "+5%"),
     ("*_j", "+5%"),
     ("step_time_s_*", "+5%"),
+    # phases and collectives of run.profile: breakdown; a millisecond floor keeps
+    # sub-millisecond phases (data, other) from alarming on scheduler jitter
+    ("phase_*_s_*", "+10%,+1ms"),
+    ("comm_*_s_median", "+10%,+1ms"),
+    ("comm_*bytes_per_step", "+1%"),
     ("*_s", "+5%"),
 )
 UNITS = {

@@ -193,7 +193,9 @@ def top_ops(averages, device: str) -> list[dict[str, Any]]:
     aten ops is the profiler's own summary of where the time went.
     """
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    rows = sorted(averages, key=lambda e: getattr(e, key, 0), reverse=True)
+    ours = (*RANGES.values(), STEP_RANGE)
+    ops = [e for e in averages if e.key not in ours and not e.key.startswith("ProfilerStep")]
+    rows = sorted(ops, key=lambda e: getattr(e, key, 0), reverse=True)
     out = []
     for event in rows[:TOP_OPS]:
         row = {

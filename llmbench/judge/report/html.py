@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from llmbench.hardware import gpu_spec
+from llmbench.judge.report import breakdown as profile
 from llmbench.judge.report import plots
 from llmbench.judge.report.pivot import Pivot, cell_lines, legend, short
 from llmbench.judge.report.tables import TextTable, cases_table, environment_table, failures_table
@@ -155,6 +156,16 @@ def report(runs: Sequence[Run], frame: pd.DataFrame, pivot: Pivot) -> str:
         _image(plots.step_time_chart(frame), "step times", "No case recorded step times."),
         _table(cases_table(frame)),
     ]
+    phases = profile.breakdown_table(frame)
+    if phases is not None:
+        parts += [
+            '<h2 id="breakdown">Where the step time goes</h2>',
+            _image(profile.phase_chart(frame), "step time by phase", "No phases to draw."),
+            _table(phases),
+        ]
+    files = profile.files_table(runs)
+    if files is not None:
+        parts.append(_table(files))
     failures = failures_table(frame)
     if failures is not None:
         parts.append(_table(failures))

@@ -12,6 +12,7 @@ from collections.abc import Sequence, Set
 
 import pandas as pd
 
+from llmbench.judge.report import breakdown as profile
 from llmbench.judge.report.pivot import Pivot, cell_lines, legend, short
 from llmbench.judge.report.tables import TextTable, cases_table, environment_table, failures_table
 from llmbench.judge.runs import Run
@@ -67,6 +68,11 @@ def report(runs: Sequence[Run], frame: pd.DataFrame, pivot: Pivot) -> str:
         "Runs: " + ", ".join(escape(r.run_id) for r in runs),
         "## Throughput and memory\n\n" + pivot_table(pivot),
         text_table(cases_table(frame)),
+    ]
+    parts += [
+        text_table(t)
+        for t in (profile.breakdown_table(frame), profile.files_table(runs))
+        if t is not None
     ]
     failures = failures_table(frame)
     if failures is not None:

@@ -16,6 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from llmbench.judge.attribution import attribute
 from llmbench.judge.compare import Comparison, Verdict
 from llmbench.judge.report import markdown
 from llmbench.judge.report.tables import format_metric
@@ -112,6 +113,8 @@ def terminal(comparison: Comparison) -> Group:
     parts.append(table)
     if hidden:
         parts.append(Text(hidden, style="dim"))
+    for found in attribute(comparison):
+        parts.append(Text(f"{found.label}: {found.text()}"))
     return Group(*parts)
 
 
@@ -136,6 +139,8 @@ def summary_markdown(comparison: Comparison) -> str:
         return "\n".join(lines)
     counts = {k: n for k, n in comparison.counts().items() if n}
     lines += [markdown.table(list(counts), [[str(n) for n in counts.values()]]), ""]
+    lines += [f"- {markdown.escape(f'{a.label}: {a.text()}')}" for a in attribute(comparison)]
+    lines += [""] if lines[-1] != "" else []
     head = markdown.table(HEADER, [], right=NUMERIC)
     text = "\n".join(lines) + "\n" + head + "\n"
     used = len(text.encode())
@@ -219,6 +224,10 @@ def to_json(comparison: Comparison) -> str:
                 "note": comparison.note,
                 # vars(): a flat record; asdict's deep copy costs seconds on 30,000 rows
                 "verdicts": [vars(v) for v in comparison.sorted_verdicts()],
+                "attributions": [
+                    {"case_id": a.case_id, "label": a.label, "text": a.text()}
+                    for a in attribute(comparison)
+                ],
             },
             allow_nan=False,
         )

@@ -25,7 +25,7 @@ QUERY = Query(
 
 
 def test_plan_over_10k_configurations(benchmark):
-    model = describe_model("llama-70b")  # built once on the meta device, then cached
+    model = describe_model("llama-70b")  # counted from its anatomy, then cached
     target = gpu_target("h100-80gb", ASSUME)
     result = benchmark(plan, model, target, 64, QUERY, ASSUME)
     assert len(result.frame) >= 10_000

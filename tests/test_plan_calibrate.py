@@ -24,8 +24,9 @@ from llmbench.plan.describe import describe_model
 from llmbench.plan.history import load_measurements
 from llmbench.plan.memory import memory_terms
 from llmbench.plan.predict import predict
+from llmbench.plan.published import matmul_fraction
 from llmbench.plan.target import gpu_target
-from llmbench.plan.throughput import step_time
+from llmbench.plan.throughput import Device, Shape, step_time
 
 GOLDEN = Path(__file__).parent / "data" / "runs" / "sweep"
 GiB = 2**30
@@ -45,9 +46,13 @@ def write_gpu_run(root: Path, efficiency: float, fixed_bytes: float, margin: flo
     target = gpu_target("h100-80gb", assumptions)
     model = describe_model("gpt2-125m")
     cfg = from_specs([spec], [8])
-    step = step_time(
-        model, cfg, np.array([efficiency * target.peak("bf16")]), target.links, assumptions
+    device = Device(
+        np.array([target.peak("bf16")]),
+        target.memory_bytes_s,
+        target.links,
+        host_cores_per_node=target.host_cores_per_node,
     )
+    step = step_time(Shape.of(model, cfg), cfg, device, efficiency, assumptions)
     predicted = float(memory_terms(model, cfg).predicted[0])
     case = Case.from_spec(spec)
     result = CaseResult(
@@ -117,8 +122,11 @@ def test_another_gpu_keeps_the_stated_defaults(tmp_path):
     result = predict(
         model, enumerate_configs(model.dims, "gpt2", 8, 1024), a100, assumptions, calibration
     )
-    assert (result.frame["efficiency"] == 0.40).all()
-    assert result.rate_sources == [f"assumed 0.40: {assumptions.compute_efficiency.source}"]
+    # no measured run on an A100: the A100's fitted matmul fraction, and its source, stand
+    fraction, source = matmul_fraction("a100-sxm-80gb", assumptions)
+    assert (result.frame["efficiency"] == fraction).all()
+    assert result.rate_sources == [source]
+    assert "fitted on published runs" in source
 
 
 def test_cpu_runs_calibrate_rates_and_the_fixed_overhead():

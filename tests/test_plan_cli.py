@@ -24,7 +24,10 @@ def test_the_ranked_table(cli_runner):
     for column in ("states", "activ", "buffers", "total", "max mb", "tokens/s", "MFU"):
         assert column in out.output
     assert "configurations fit" in out.output
-    assert "assumed 0.40" in out.output  # the default efficiency says where it comes from
+    # the default efficiency says where it comes from; the answer says why and how sure
+    assert "fitted on published runs" in out.output
+    assert "recommended: ZeRO-1" in out.output and "held-out interval" in out.output
+    assert "why ZeRO-1" in out.output and "over ZeRO-3" in out.output
 
 
 def test_json_has_stable_keys_per_configuration(cli_runner):
@@ -175,3 +178,51 @@ def test_mistakes_exit_2_with_one_line(cli_runner, args, message):
     assert out.exit_code == 2, out.output
     assert message in out.output
     assert "Traceback" not in out.output
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["--seq-len", "-5"], "seq-len"),
+        (["--grad-accum", "0"], "grad-accum"),
+        (["--efficiency", "1.5"], "efficiency"),
+        (["--efficiency", "0"], "efficiency"),
+        (["--efficiency", "nan"], "efficiency"),
+    ],
+)
+def test_bad_numbers_are_one_line_and_exit_2(cli_runner, args, key):
+    out = cli_runner.invoke(cli, ["plan", "--model", "llama-7b", *args])
+    assert out.exit_code == 2, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in out.output
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (bytes(range(256)), "not a text file"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"model_type": "llama", "hidden_size": -4}', "not a usable llama config"),
+        (b'{"model_type": "llama",', "invalid JSON"),
+    ],
+)
+def test_bad_model_configs_are_one_line_and_exit_2(
+    cli_runner, tmp_path, monkeypatch, content, says
+):
+    monkeypatch.setenv("LLMBENCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    out = cli_runner.invoke(cli, ["plan", "--model-config", str(path)])
+    assert out.exit_code == 2, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in out.output
+
+
+def test_a_config_is_read_through_transformers_once(cli_runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMBENCH_CACHE", str(tmp_path / "cache"))
+    config = Path(__file__).parent / "data" / "plan" / "llama_config.json"
+    first = invoke(cli_runner, ["plan", "--model-config", str(config), "--format", "json"])
+    assert first.exit_code == 0
+    assert len(list((tmp_path / "cache" / "plan-configs").glob("*.json"))) == 1
+    second = invoke(cli_runner, ["plan", "--model-config", str(config), "--format", "json"])
+    assert json.loads(second.output)["model"] == json.loads(first.output)["model"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llmbench.define.schema import CaseSpec
-from llmbench.plan.configs import from_specs
+from llmbench.plan.configs import enumerate_configs, from_specs
 from llmbench.plan.describe import describe_model
 from llmbench.plan.memory import (
     ZeroKnobs,
@@ -177,3 +177,20 @@ def test_memory_terms_take_the_fullest_pipeline_stage():
     assert terms.predicted[0] == pytest.approx(
         terms.model_states[0] + terms.buffers[0] + terms.activations[0] + terms.logits[0]
     )
+
+
+def test_zero1_accumulation_keeps_the_whole_low_precision_gradient():
+    """Measured with probe.py (4 ranks, grad_accum 2): ZeRO-1 holds 2 bytes/param of gradient."""
+    model = describe_model("llama-7b")
+    cfg = enumerate_configs(
+        model.dims, "llama", 8, 2048, precisions=("bf16",), checkpointing=("none",),
+        micro_batches=(1,), zero_offload=[(1, False, False), (2, False, False)],
+    )  # fmt: skip
+    flat = cfg.take((cfg.tp == 1) & (cfg.pp == 1))
+    one = memory_terms(model, flat)
+    two = memory_terms(model, flat.replace(grad_accum=2))
+    psi = model.total_params
+    z1, z2 = flat.zero == 1, flat.zero == 2
+    assert one.grads[z1][0] == pytest.approx(4 * psi / 8)  # fp32 partition at the step
+    assert two.grads[z1][0] == pytest.approx(2 * psi)  # whole bf16 gradient between micro-batches
+    assert two.grads[z2][0] == one.grads[z2][0]  # ZeRO-2 reduces every micro-batch

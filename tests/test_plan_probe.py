@@ -53,3 +53,29 @@ def test_model_states_match_deepspeeds_allocation(family, precision, zero, world
         # the allocator peak adds activations, buckets and the optimizer step's temporaries
         assert rank.allocated_peak_bytes > predicted
         assert float(terms.predicted[0]) == pytest.approx(rank.allocated_peak_bytes, rel=0.25)
+
+
+@pytest.mark.slow
+def test_zero1_keeps_whole_gradients_between_micro_batches():
+    """DeepSpeed 0.19's ZeRO-1 reduces at the accumulation boundary only (4 ranks, grad_accum 2).
+
+    Measured: mid-accumulation every rank holds the whole bf16 gradient (2 bytes per
+    parameter) against 4/N of fp32 partition at the step; ZeRO-2 keeps its partition.
+    """
+    spec = spec_from_overrides(
+        [
+            "model.family=gpt2",
+            "model.size=tiny",
+            "deepspeed.zero_stage=1",
+            "parallel.world_size=4",
+            "training.grad_accum=2",
+        ]
+    )
+    ranks = measure_model_states(spec, micro_batch=1, timeout_s=300)
+    model = describe_model("gpt2-tiny")
+    psi = model.total_params
+    mid = ranks[0].bytes_by_role["mid_accumulation"]
+    assert mid["grads"] == pytest.approx(2 * psi, rel=0.02)
+    assert ranks[0].bytes_by_role["in_step"]["grads"] == pytest.approx(4 * psi / 4, rel=0.05)
+    terms = memory_terms(model, from_specs([spec], [1]), device="cpu")
+    assert float(terms.model_states[0]) == pytest.approx(ranks[0].peak_states_bytes, rel=0.10)

@@ -233,20 +233,22 @@ def block_activation_bytes(
     return in_flight * (layers * stored + embed) + working
 
 
-def logits_loss_bytes(recipe: Recipe, dims: Dims, task: str, seq_len, micro_batch, act_bytes, tp):
+def logits_loss_bytes(recipe: Recipe, dims: Dims, task: str, seq_len, micro_batch, act_bytes):
     """After the last block: final norm and head inputs, the logits and the loss.
 
     A language-model loss upcasts the logits to fp32 and keeps the fp32
     log-softmax for backward (``4sbv``, Korthikanti et al. 2022, section 4.3);
-    while it is computed the logits and their fp32 copy are alive too. The head
-    is assumed vocabulary-parallel under TP. Classification heads produce a few
+    while it is computed the logits and their fp32 copy are alive too.
+    DeepSpeed AutoTP leaves the embedding and the head whole on every rank
+    (``memory.stage_params`` counts them unsplit), so the logits are whole
+    too: ``tp`` divides nothing here. Classification heads produce a few
     numbers per sample: only the norm and head inputs count.
     """
     tokens = seq_len * micro_batch
     head = tokens * dims.hidden_size * (recipe.head * act_bytes + recipe.head_fp32 * FP32_BYTES)
     if task == "sequence-classification":
         return head
-    logits = tokens * dims.vocab_size * (FP32_BYTES + act_bytes + FP32_BYTES) / tp
+    logits = tokens * dims.vocab_size * (FP32_BYTES + act_bytes + FP32_BYTES)
     return head + logits
 
 

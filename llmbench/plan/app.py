@@ -8,6 +8,7 @@ calibrates from the history and renders in the asked format.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from llmbench.plan.configs import CHECKPOINTING, PRECISIONS
 from llmbench.plan.describe import describe_model
 from llmbench.plan.history import load_measurements, read_sources
 from llmbench.plan.memory import ACCOUNTINGS
-from llmbench.plan.search import Query, largest_model, min_gpus, plan
+from llmbench.plan.search import Query, describe_row, largest_model, min_gpus, plan, reasons
 from llmbench.plan.target import gpu_target
 from llmbench.plan.validate import summary, validate
 
@@ -93,6 +94,28 @@ def _check_choices(request: Request) -> None:
             )
     if any(mb < 1 for mb in request.micro_batches or ()):
         raise UserError("micro-batches must be positive", key="micro-batch")
+    for key, value in (
+        ("seq-len", request.seq_len),
+        ("global-batch", request.global_batch),
+        ("grad-accum", request.grad_accum),
+        ("gpus-per-node", request.gpus_per_node),
+    ):
+        if value is not None and value < 1:
+            raise UserError(f"must be a positive integer, not {value}", key=key)
+    for key, value in (
+        ("tokens", request.tokens),
+        ("cost-per-gpu-hour", request.cost_per_gpu_hour),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"must be a positive number, not {value}", key=key)
+    for name, value in request.assumption_values.items():
+        key = {"compute_efficiency": "efficiency"}.get(name, name.replace("_", "-"))
+        if value is None:
+            continue
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"must be a positive number, not {value}", key=key)
+        if name in ("compute_efficiency", "link_efficiency") and value > 1:
+            raise UserError(f"is a fraction in (0, 1], not {value}", key=key)
 
 
 def answer(request: Request) -> Answer:
@@ -153,18 +176,27 @@ def answer(request: Request) -> Answer:
         f" (fewest GPUs that fit: {gpus})" if "min_gpus" in extra else ""
     )
     lines = render.header_lines(result, gpus, assumptions, query)
-    frame = render.configurations_frame(result, request.top)
+    best = result.frame.iloc[0]
+    if bool(best["fits"]):
+        lines.insert(
+            0,
+            f"recommended: {describe_row(best)} - {units.rate(best['tokens_per_s'])} tokens/s "
+            f"(held-out interval {units.rate(best['tokens_per_s_low'])} … "
+            f"{units.rate(best['tokens_per_s_high'])})",
+        )
+        lines[1:1] = reasons(result.frame)
     fits = int(result.frame["fits"].astype(bool).sum())
     lines.insert(
         0,
         f"{fits} of {len(result.frame)} configurations fit; memory per GPU in GiB; ranked by predicted tokens/s",
     )
+    if request.format == "json":
+        return Answer(text=render.to_json(result, gpus, assumptions, query, request.top, extra))
+    frame = render.configurations_frame(result, request.top)
     if request.format == "table":
         return Answer(rich=render.to_rich(title, frame, lines))
     if request.format == "markdown":
         return Answer(text=render.to_markdown(title, frame, lines))
-    if request.format == "json":
-        return Answer(text=render.to_json(result, gpus, assumptions, query, request.top, extra))
     validations = [
         (run.run_id, frame, summary(frame))
         for run in read_sources(history)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from llmbench.plan.fitted import FIT_SOURCE, FITTED
+
 GiB = 2**30
 
 
@@ -22,11 +24,10 @@ class Assumption:
 @dataclass(frozen=True)
 class Assumptions:
     compute_efficiency: Assumption = Assumption(
-        0.40,
-        "sustained fraction of dense peak FLOP/s while computing; assumed 0.40, below "
-        "Megatron-LM's 52 % of peak at 1T parameters on A100s (Narayanan et al. 2021) and "
-        "PaLM's 46.2 % MFU / 57.8 % HFU (Chowdhery et al. 2022), because transformers "
-        "models under DeepSpeed lack Megatron's fused kernels",
+        FITTED["matmul_fraction.a100"],
+        "achievable fraction of dense peak FLOP/s in the model's matmuls; by default the "
+        "fitted figure of the GPU's generation (llmbench.plan.published.matmul_fraction), "
+        "replaced by --efficiency or by measured runs on the GPU",
     )
     link_efficiency: Assumption = Assumption(
         0.70,
@@ -43,11 +44,57 @@ class Assumptions:
         "GPU-host copy bandwidth for offload: ~80 % of PCIe 4.0 x16's 31.5 GB/s per "
         "direction (PCI-SIG); assumed",
     )
-    cpu_adam_params_per_s: Assumption = Assumption(
-        1.4e9,
-        "parameters per second DeepSpeed's CPU Adam updates per GPU: memory-bound at "
-        "~28 bytes read+written per parameter over an assumed 40 GB/s of host memory "
-        "bandwidth per GPU (a 2-socket server's ~320 GB/s shared by 8 GPUs); assumed",
+    intra_node_latency_s: Assumption = Assumption(
+        8e-6,
+        "latency of one step of an NCCL collective inside a node (NVLink); assumed, of the "
+        "order of nccl-tests' small-message times",
+    )
+    inter_node_latency_s: Assumption = Assumption(
+        20e-6,
+        "latency of one step of an NCCL collective between nodes (InfiniBand/RoCE); assumed, "
+        "of the order of nccl-tests' small-message times across nodes",
+    )
+    elementwise_tensors: Assumption = Assumption(
+        FITTED["elementwise_tensors"],
+        "hidden-sized tensors read or written per token and layer (norms, residuals, "
+        "activation functions), forward and backward, over HBM; " + FIT_SOURCE,
+    )
+    launch_s_per_layer: Assumption = Assumption(
+        FITTED["launch_s_per_layer"],
+        "host time per layer and pass that no GPU work hides (kernel launches); " + FIT_SOURCE,
+    )
+    optimizer_bytes_per_param: Assumption = Assumption(
+        32.0,
+        "HBM bytes Adam moves per parameter of the local partition: reads fp32 gradient, "
+        "master, two moments (16), writes master and moments (12) and the 16-bit copy, "
+        "rounded up to 32 for the flattening copies; memory-bound",
+    )
+    zero3_hook_s: Assumption = Assumption(
+        50e-6,
+        "host time DeepSpeed ZeRO-3 spends per parametrised submodule and pass in its "
+        "fetch/release hooks (Python, partition bookkeeping, stream syncs); assumed - "
+        "measure with a ZeRO-3 run to calibrate",
+    )
+    overlap_contention: Assumption = Assumption(
+        0.2,
+        "fraction of overlapped collective time that still slows compute: NCCL kernels "
+        "occupy SMs and HBM bandwidth beside the GEMMs; assumed",
+    )
+    cpu_adam_params_per_s_per_core: Assumption = Assumption(
+        8e7,
+        "parameters per second one host core updates with DeepSpeed's CPU Adam (AVX); "
+        "assumed, of the order of ZeRO-Offload's reported CPU-Adam step times (Ren et al. "
+        "2021, section 5: a few seconds for 10B parameters on a 48-core DGX-2 host)",
+    )
+    host_cores_per_node: Assumption = Assumption(
+        112.0,
+        "host CPU cores per node that CPU Adam may use: NVIDIA DGX H100, 2 x 56-core Xeon "
+        "Platinum 8480C",
+    )
+    reserved_device_bytes: Assumption = Assumption(
+        0.75 * GiB,
+        "nominal GPU memory the CUDA driver keeps (ECC, firmware): an 80 GB H100 shows "
+        "~79.2 GiB total to cudaMemGetInfo; assumed 0.75 GiB for every GPU",
     )
     fixed_overhead_bytes: Assumption = Assumption(
         1.0 * GiB,

@@ -3,9 +3,9 @@
 Each measured case is run backwards through the same models the planner runs
 forwards:
 
-* compute efficiency: the FLOP/s per GPU that makes ``throughput.step_time``
-  reproduce the measured median step time, divided by the GPU's dense peak
-  (for CPUs, which have no published peak, the FLOP/s itself);
+* compute efficiency: the achievable matmul fraction of the GPU's dense peak
+  that makes ``throughput.step_time`` reproduce the measured median step time,
+  every other term kept (for CPUs, which have no published peak, the FLOP/s);
 * fixed overhead: device memory used (NVML) minus the allocator peak - CUDA
   context, NCCL, allocator reserve; on CPU runs, host RSS minus the predicted
   resident bytes - the imported libraries;
@@ -33,7 +33,7 @@ from llmbench.plan.describe import ModelDescription, describe_model
 from llmbench.plan.history import Measurement
 from llmbench.plan.memory import ZeroKnobs, memory_terms
 from llmbench.plan.target import Target, cpu_target, gpu_target
-from llmbench.plan.throughput import implied_sustained_flops, step_time
+from llmbench.plan.throughput import Device, Shape, implied_fraction
 
 SIZE_CLASSES = ((1e8, "<100M"), (1e9, "100M-1B"), (1e10, "1B-10B"), (1e11, "10B-100B"))
 CONFIG_KEYS = ("zero", "offload_optimizer", "offload_param", "checkpointing", "tp", "pp")
@@ -114,11 +114,25 @@ def invert(m: Measurement, assumptions: Assumptions) -> Point:
         margin = peak / predicted - 1 if peak is not None else None
     sustained = efficiency = removed = None
     if target.links is not None:
-        unit = step_time(model, cfg, np.ones(1), target.links, assumptions)
-        flops, usable = implied_sustained_flops(unit, np.array([metrics["step_time_s_median"]]))
-        sustained, removed = float(flops[0]), bool(usable[0])
-        peak_flops = target.peak(m.spec.deepspeed.precision)
-        efficiency = sustained / peak_flops if peak_flops else None
+        measured = np.array([metrics["step_time_s_median"]])
+        shape = Shape.of(model, cfg)
+        if m.is_cpu:
+            # a CPU has no peak: the FLOP/s that reproduces the step is the rate
+            unit = Device(np.ones(1), np.inf, target.links, pure_compute=True)
+            flops, found = implied_fraction(shape, cfg, unit, assumptions, measured)
+            sustained, removed = float(flops[0]), bool(found[0])
+        else:
+            peak_flops = target.peak(m.spec.deepspeed.precision)
+            if peak_flops:
+                device = Device(
+                    np.array([peak_flops]),
+                    target.memory_bytes_s,
+                    target.links,
+                    host_cores_per_node=target.host_cores_per_node,
+                )
+                fraction, found = implied_fraction(shape, cfg, device, assumptions, measured)
+                efficiency, removed = float(fraction[0]), bool(found[0])
+                sustained = efficiency * peak_flops
     return Point(m, model, predicted, peak, fixed, margin, sustained, efficiency, removed)
 
 

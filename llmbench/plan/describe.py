@@ -1,15 +1,20 @@
 """The model being planned: a preset, explicit dimensions, or a transformers config on disk.
 
-Every count comes from the model built on the meta device (no memory is
-allocated), so the planner sees exactly what a run would train: tied weights
-counted once, the real head, GQA-shaped attention. Counting happens once per
-model; the configuration search then only does arithmetic.
+Counts come from each family's anatomy (``anatomy.py``): the tensors
+transformers builds, written down as data and checked against the model built
+on the meta device for every preset (``tests/test_plan_anatomy.py``), so the
+planner sees exactly what a run would train - tied weights counted once, the
+real head, GQA-shaped attention - without importing torch or transformers. A
+config file is read through transformers once (its defaults fill what the
+file leaves out); its dimensions are then cached by the file's content hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, replace
+import os
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,14 +24,12 @@ from llmbench.define.models import (
     FAMILIES,
     Dims,
     ParamCounts,
-    build_model,
-    count_parameters,
     dims_from_config,
-    hf_config,
     parse_model_name,
     resolve_dims,
 )
 from llmbench.errors import UserError, did_you_mean
+from llmbench.plan.anatomy import counted
 
 # transformers ``model_type`` -> llmbench family, for configs read from disk
 _MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "distilbert": "distilbert", "bert": "bert"}
@@ -92,19 +95,15 @@ class ModelDescription:
 
 @lru_cache(maxsize=64)
 def _describe(family: str, dims: Dims, task: str, name: str, source: str) -> ModelDescription:
-    model = build_model(hf_config(family, dims, task), task, device="meta")
-    distinct = {id(p): p.numel() for p in model.parameters()}
-    largest = max(
-        (sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0
-    )
+    c = counted(family, dims, task)
     return ModelDescription(
         name=name,
         family=family,
         task=task,
         dims=dims,
-        counts=count_parameters(model),
-        largest_module_params=largest,
-        tensor_numels=tuple(sorted(distinct.values(), reverse=True)),
+        counts=c.counts,
+        largest_module_params=c.largest_module_params,
+        tensor_numels=c.tensor_numels,
         source=source,
     )
 
@@ -157,15 +156,28 @@ def _parse_name(name: str) -> tuple[str, str]:
         ) from None
 
 
+def cache_dir() -> Path:
+    """Where config dimensions are cached (``LLMBENCH_CACHE`` or ``~/.cache/llmbench``)."""
+    root = os.environ.get("LLMBENCH_CACHE") or Path.home() / ".cache" / "llmbench"
+    return Path(root) / "plan-configs"
+
+
 def _from_config(path: Path) -> tuple[str, Dims, str]:
     """Family and dimensions from a transformers ``config.json`` (or a folder holding one)."""
     file = path / "config.json" if path.is_dir() else path
     try:
-        raw = json.loads(file.read_text())
+        data = file.read_bytes()
+        raw = json.loads(data.decode("utf-8"))
     except OSError as exc:
         raise UserError(f"cannot read: {exc.strerror or exc}", where=str(file)) from None
+    except UnicodeDecodeError:
+        raise UserError(
+            "not a text file (a transformers config.json is JSON)", where=str(file)
+        ) from None
     except json.JSONDecodeError as exc:
         raise UserError(f"invalid JSON: {exc.msg}", where=f"{file}:{exc.lineno}") from None
+    if not isinstance(raw, dict):
+        raise UserError("a transformers config is a JSON object", where=str(file))
     model_type = raw.get("model_type")
     family = _MODEL_TYPES.get(str(model_type))
     if family is None:
@@ -174,7 +186,28 @@ def _from_config(path: Path) -> tuple[str, Dims, str]:
             where=str(file),
             key="model_type",
         )
+    source = f"transformers config {file}"
+    cached = cache_dir() / f"{hashlib.sha256(data).hexdigest()}.json"
+    try:
+        return family, Dims(**json.loads(cached.read_text())), source
+    except (OSError, ValueError, TypeError):
+        pass  # not cached yet (or unreadable): read it through transformers
     import transformers
 
-    cfg = transformers.AutoConfig.for_model(**raw)
-    return family, dims_from_config(family, cfg), f"transformers config {file}"
+    try:
+        dims = dims_from_config(family, transformers.AutoConfig.for_model(**raw))
+        for name in DIM_FIELDS:
+            value = getattr(dims, name)
+            if isinstance(value, bool) or value is None:
+                continue
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    except Exception as exc:  # transformers' own validators raise their own types
+        reason = str(exc).strip().splitlines()[-1].strip()
+        raise UserError(f"not a usable {model_type} config: {reason}", where=str(file)) from None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(asdict(dims)))
+    except OSError:
+        pass  # a read-only home only costs the next run the transformers import
+    return family, dims, source

@@ -152,6 +152,12 @@ def states_llmbench(psi, cfg: Configs, largest_tensor: int):
     host = host + np.where(off_par, lp * psi / n, 0)
     params = np.where(off_par, 0, params)
     grads = np.where(off_opt, 0, lp_grad_partition + fp32_grads)
+    # ZeRO-1 reduces only at the accumulation boundary: between micro-batches every
+    # rank keeps the whole low-precision gradient (probe.py, 4 ranks, grad_accum 2:
+    # 2 bytes per parameter mid-accumulation against 4/N at the step). ZeRO-2
+    # reduces every micro-batch and keeps only its partition.
+    accumulating = (z == 1) & (cfg.grad_accum > 1)
+    grads = np.where(accumulating, np.maximum(grads, lp * psi), grads)
     optimizer = np.where(off_opt, 0, master + moments)
     return params, grads, optimizer, host
 
@@ -302,7 +308,7 @@ def memory_terms(
             single | (not last),
         )
         logits = activations.logits_loss_bytes(
-            recipe, model.dims, model.task, cfg.seq_len, cfg.micro_batch, act_bytes, cfg.tp
+            recipe, model.dims, model.task, cfg.seq_len, cfg.micro_batch, act_bytes
         )
         stages.append(
             MemoryTerms(

@@ -16,8 +16,9 @@ from llmbench.plan.calibrate import Calibration
 from llmbench.plan.configs import CHECKPOINTING, PRECISIONS, Configs
 from llmbench.plan.describe import ModelDescription
 from llmbench.plan.memory import MemoryTerms, ZeroKnobs, memory_terms
+from llmbench.plan.published import matmul_fraction
 from llmbench.plan.target import Target
-from llmbench.plan.throughput import step_time
+from llmbench.plan.throughput import Device, Shape, step_time
 
 
 @dataclass
@@ -88,6 +89,7 @@ def predict(
         fits = (total <= capacity) & host_fits
         max_mb = np.where(host_fits, np.floor(np.maximum(capacity - base, 0) / per_sample), 0)
 
+    shape = Shape.of(model, cfg)
     if target.kind == "cpu":
         rates, source_of, sources = calibration.rates(
             target,
@@ -98,25 +100,25 @@ def predict(
         )
         sustained = rates
         efficiency = np.full(len(cfg), np.nan)
-    else:
-        eff_default = assumptions.compute_efficiency
-        rates, source_of, sources = calibration.rates(
-            target,
-            model,
-            cfg,
-            eff_default.value,
-            f"assumed {eff_default.value:.2f}: {eff_default.source}",
+        device = Device(
+            peak_flops=rates, memory_bytes_s=np.inf, links=target.links, pure_compute=True
         )
-        peaks = np.array([target.peak(p) or np.nan for p in PRECISIONS])[cfg.precision]
-        sustained = rates * peaks
+        timing = step_time(shape, cfg, device, 1.0, assumptions)
+        peak_all = np.full(len(cfg), np.nan)
+    else:
+        default, default_source = matmul_fraction(target.device, assumptions)
+        rates, source_of, sources = calibration.rates(target, model, cfg, default, default_source)
+        peak_all = np.array([target.peak(p) or np.nan for p in PRECISIONS])[cfg.precision]
+        sustained = rates * peak_all
         efficiency = rates
-    timing = step_time(model, cfg, sustained, target.links, assumptions)
+        device = Device(
+            peak_flops=peak_all,
+            memory_bytes_s=target.memory_bytes_s,
+            links=target.links,
+            host_cores_per_node=target.host_cores_per_node,
+        )
+        timing = step_time(shape, cfg, device, rates, assumptions)
     tokens_per_s = timing.tokens_per_s
-    peak_all = (
-        np.array([target.peak(p) or np.nan for p in PRECISIONS])[cfg.precision]
-        if target.kind != "cpu"
-        else np.full(len(cfg), np.nan)
-    )
     mfu = timing.model_flops_per_token * tokens_per_s / (cfg.world_size * peak_all)
 
     frame = pd.DataFrame(
@@ -144,6 +146,7 @@ def predict(
             "max_micro_batch": max_mb,
             "compute_s": timing.compute_s,
             "bubble_s": timing.bubble_s,
+            "optimizer_s": timing.optimizer_s,
             "dp_comm_s": timing.dp_comm_s,
             "tp_comm_s": timing.tp_comm_s,
             "pp_comm_s": timing.pp_comm_s,

@@ -54,7 +54,8 @@ class RankStates:
     rank: int
     world_size: int
     bytes_by_role: dict[str, dict[str, int]]
-    """Per snapshot (``after_backward``, ``in_step``): bytes per role."""
+    """Per snapshot (``after_backward``, ``in_step``, and with gradient accumulation
+    ``mid_accumulation``: after the first micro-batch's backward): bytes per role."""
     allocated_peak_bytes: int
     """Peak live tensor bytes during the second step (model states, activations, transients)."""
     largest_buffers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -71,7 +72,8 @@ class RankStates:
 
 def spec_from_overrides(overrides: Sequence[str]) -> CaseSpec:
     """One case from ``key=value`` overrides, validated like a scenario."""
-    cases = parse_scenario("", source="probe", overrides=overrides).expand()
+    # an empty model section: the overrides name the model (the loader refuses an empty file)
+    cases = parse_scenario("model: {}\n", source="probe", overrides=overrides).expand()
     if len(cases) != 1:
         raise UserError(f"the probe measures one case, the overrides give {len(cases)}")
     return cases[0].spec
@@ -220,11 +222,18 @@ def _rank_main(task_path: str) -> None:
                 ledgers["in_step"] = snapshot(engine.module, opt, inputs, bucket)
 
         backward = engine.backward
+        backwards_in_step = [0]
 
         def backward_then_snapshot(*args, **kwargs):
             out = backward(*args, **kwargs)
             if steps[0] == 1:
-                ledgers["after_backward"] = snapshot(engine.module, optimizer, inputs, bucket)
+                backwards_in_step[0] += 1
+                # between micro-batches of an accumulating step, before the boundary's
+                # reduction: what does each ZeRO stage keep of the gradients there?
+                if backwards_in_step[0] == 1 and spec.training.grad_accum > 1:
+                    ledgers["mid_accumulation"] = snapshot(engine.module, optimizer, inputs, bucket)
+                else:
+                    ledgers["after_backward"] = snapshot(engine.module, optimizer, inputs, bucket)
             return out
 
         engine.backward = backward_then_snapshot
@@ -233,7 +242,10 @@ def _rank_main(task_path: str) -> None:
         step()
         with record_function(_MEASURED):
             step()
-    if set(ledgers) != {"in_step", "after_backward"}:
+    expected = {"in_step", "after_backward"} | (
+        {"mid_accumulation"} if spec.training.grad_accum > 1 else set()
+    )
+    if set(ledgers) != expected:
         raise RuntimeError(f"the optimizer {type(optimizer).__name__} never stepped twice")
     record = RankStates(
         rank=rank,

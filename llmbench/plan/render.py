@@ -66,7 +66,10 @@ JSON_COLUMNS = (
     "tp_comm_s",
     "pp_comm_s",
     "offload_s",
+    "optimizer_s",
     "tokens_per_s",
+    "tokens_per_s_low",
+    "tokens_per_s_high",
     "mfu",
     "efficiency",
     "train_tokens",
@@ -226,6 +229,20 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _records(frame: pd.DataFrame, rate_sources: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows as plain dicts, column by column (thousands of rows: no per-cell conversion)."""
+    columns = {}
+    for k in JSON_COLUMNS:
+        values = frame[k].to_numpy()
+        if values.dtype.kind == "f":
+            columns[k] = [None if math.isnan(v) else v for v in values.tolist()]
+        else:
+            columns[k] = values.tolist()
+    columns["rate_source"] = [rate_sources[i] for i in frame["rate_source"].to_numpy().tolist()]
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
 def to_json(
     prediction: Prediction,
     gpus: int,
@@ -262,15 +279,12 @@ def to_json(
             },
         },
         "notes": prediction.notes,
-        "configurations": [
-            {k: plain(r[k]) for k in JSON_COLUMNS}
-            | {"rate_source": prediction.rate_sources[int(r["rate_source"])]}
-            for _, r in frame.iterrows()
-        ],
+        "configurations": _records(frame, prediction.rate_sources),
     }
     if extra:
         doc.update(extra)
-    return json.dumps(doc, indent=1, default=str, allow_nan=False)
+    # no indent: json's C encoder only runs on compact output (thousands of rows)
+    return json.dumps(doc, default=str, allow_nan=False)
 
 
 def validation_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,11 @@ class Target:
     links: Links | None = None
     gpus_per_node: int = 8
     source: str = ""
+    memory_bytes_s: float = math.inf
+    """HBM bandwidth (GPU datasheet)"""
+    host_cores_per_node: float = 0.0
+    nominal_memory_bytes: float | None = None
+    """the datasheet capacity; ``memory_bytes`` is what allocations can use"""
 
     def peak(self, precision: str) -> float | None:
         return self.peak_flops.get(precision)
@@ -37,15 +42,25 @@ def gpu_target(name: str, assumptions: Assumptions, gpus_per_node: int = 8) -> T
         raise UserError(
             f"unknown GPU {name!r}{did_you_mean(name, keys)}; known: {', '.join(GPUS)}", key="gpu"
         )
+    from llmbench.plan.published import host_link_bytes_s
+
     return Target(
         device=spec.key,
         name=spec.name,
         kind="cuda",
-        memory_bytes=float(spec.memory_bytes),
+        memory_bytes=float(spec.memory_bytes) - assumptions.reserved_device_bytes.value,
         peak_flops=dict(spec.peak_flops),
-        links=Links.for_gpu(spec.interconnect_bytes_s, assumptions, gpus_per_node),
+        links=Links.for_gpu(
+            spec.interconnect_bytes_s,
+            assumptions,
+            gpus_per_node,
+            host_bytes_s=host_link_bytes_s(spec.key)[0],
+        ),
         gpus_per_node=gpus_per_node,
         source=spec.source,
+        memory_bytes_s=spec.memory_bandwidth_bytes_s,
+        host_cores_per_node=assumptions.host_cores_per_node.value,
+        nominal_memory_bytes=float(spec.memory_bytes),
     )
 
 

@@ -1,0 +1,66 @@
+"""The step-time model against published large-scale runs: fitted on some, judged on the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmbench.plan import published
+from llmbench.plan.fitted import FITTED, HELDOUT_ERROR
+
+# (predicted − published) / published on every held-out row, with the shipped constants;
+# the same table is in llmbench/plan/README.md
+HELD_OUT = {
+    "mpt-350m-a100-s2048": -0.044,
+    "mpt-1b-a100-s2048": -0.044,
+    "mpt-7b-a100-s2048": -0.019,
+    "mpt-30b-a100-s2048": -0.111,
+    "mpt-13b-a100-s4096": -0.133,
+    "mpt-3b-a100-s512": -0.090,
+    "mpt-1b-h100-s2048": -0.033,
+    "mpt-3b-h100-s4096": 0.039,
+    "mpt-7b-h100-s4096": -0.084,
+    "mpt-13b-h100-s4096": -0.083,
+    "mpt-70b-h100-64gpu": -0.091,
+    "megatron-175b-selective": -0.050,
+    "megatron-1t-selective": -0.013,
+    "megatron-1.7b": 0.152,
+    "megatron-7.5b": -0.068,
+    "megatron-39.1b": 0.015,
+    "megatron-145.6b": 0.048,
+    "megatron-529.6b": 0.028,
+    "zero-offload-10b-v100": -0.087,
+}
+
+
+def test_every_held_out_run_is_within_20_percent():
+    errors = published.errors(FITTED, split="holdout")
+    assert set(errors) == set(HELD_OUT)
+    for run_id, error in errors.items():
+        assert abs(error) <= 0.20, run_id
+        assert error == pytest.approx(HELD_OUT[run_id], abs=0.002), run_id
+    assert min(errors.values()) == pytest.approx(HELDOUT_ERROR["min"], abs=0.001)
+    assert max(errors.values()) == pytest.approx(HELDOUT_ERROR["max"], abs=0.001)
+
+
+def test_every_source_and_gpu_generation_is_held_out_somewhere():
+    runs = published.load()
+    held = [r for r in runs if r.split == "holdout"]
+    single_row = {r.source for r in runs if sum(q.source == r.source for q in runs) == 1}
+    assert {r.source for r in held} | single_row == {r.source for r in runs}
+    assert {published.generation(r.gpu) for r in held} == {"a100", "h100", "v100"}
+    assert all(r.tokens_per_s_per_gpu > 0 for r in runs)
+
+
+@pytest.mark.slow
+def test_the_shipped_constants_are_the_fit_of_the_fit_rows():
+    assert published.fit() == pytest.approx(FITTED, rel=0.01)
+
+
+def test_the_zero_offload_showcase_is_within_20_percent_of_40_tflops():
+    (run,) = [r for r in published.load() if r.id == "zero-offload-10b-v100"]
+    tokens = published.predict_run(run, FITTED)
+    # Megatron's count with full recomputation, as the paper's 40 TFLOP/s
+    layers, h, s, v = 50, 4096, 1024, 50257
+    per_token = 96 * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
+    tflops = tokens * per_token / 1e12
+    assert tflops == pytest.approx(40, rel=0.20)

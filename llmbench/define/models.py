@@ -247,11 +247,16 @@ def model_class(task: str):
     }[task]
 
 
-def build_model(config, task: str, device: torch.device | str = "cpu"):
-    """Instantiate the task model from a config with random weights on ``device``."""
+def build_model(config, task: str, device: torch.device | str | None = "cpu"):
+    """Instantiate the task model from a config with random weights on ``device``.
+
+    ``device=None`` leaves placement to an enclosing context (``deepspeed.zero.Init``).
+    """
+    import contextlib
+
     import torch
 
-    with torch.device(device):
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         return model_class(task).from_config(
             config, attn_implementation=config._attn_implementation
         )
@@ -294,18 +299,18 @@ def count_parameters(model) -> ParamCounts:
     out = model.get_output_embeddings()
     head_params = list(out.parameters()) if out is not None else _classifier_params(model)
     head_tied = any(id(p) in embedding_ids for p in head_params)
-    head = sum(p.numel() for p in head_params if p.dim() > 1)
+    head = sum(_numel(p) for p in head_params if len(_shape(p)) > 1)
     seen: set[int] = set()
     total = embedding = 0
     for p in model.parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
-        total += p.numel()
+        total += _numel(p)
         if id(p) in embedding_ids:
-            embedding += p.numel()
+            embedding += _numel(p)
     layers = _blocks(model)
-    per_layer = sum(p.numel() for p in layers[0].parameters()) if layers else 0
+    per_layer = sum(_numel(p) for p in layers[0].parameters()) if layers else 0
     return ParamCounts(
         total=total,
         embedding=embedding,
@@ -315,6 +320,15 @@ def count_parameters(model) -> ParamCounts:
         per_layer=per_layer,
         num_layers=len(layers),
     )
+
+
+def _numel(p) -> int:
+    """Elements of the whole parameter, also when ZeRO-3 holds only this rank's partition."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
+def _shape(p) -> tuple[int, ...]:
+    return tuple(getattr(p, "ds_shape", None) or p.shape)
 
 
 def _classifier_params(model) -> list:

@@ -67,6 +67,10 @@ class RankRecord:
     torch_threads: int | None = None
     topology: dict[str, int] | None = None
     pid: int = field(default_factory=os.getpid)
+    build_host_rss_growth_bytes: int | None = None
+    """Peak host RSS while the model was built, above the RSS before (DeepSpeed's state comes later)."""
+    build_device_allocated_bytes: int | None = None
+    """CUDA: the allocator's peak while the model was built (None on CPUs)."""
     optimizer_impl: str | None = None
     """The class that updated the weights (DeepSpeed's FusedAdam or CPU Adam, torch's AdamW)."""
     skipped_steps: list[int] = field(default_factory=list)

@@ -78,6 +78,9 @@ def fill_metrics(
         for name in TRAINING_ONLY:
             result.set_metric(name, None, NOT_TRAINING)
     _memory_metrics(result, present, device)
+    _build_metrics(
+        result, present, device, NOT_TRAINING if shape is None else "no rank finished building"
+    )
     params = next((r.parameters for r in present if r.parameters), None)
     for key in ("total", "embedding", "non_embedding", "flops_params"):
         result.set_metric(
@@ -113,6 +116,25 @@ def _memory_metrics(result: CaseResult, records: list[RankRecord], device: str) 
         result.set_metric("peak_memory_bytes", host, "no rank reported memory")
 
 
+def _build_metrics(result: CaseResult, records: list[RankRecord], device: str, why: str) -> None:
+    """What the largest rank held while building the model, before DeepSpeed added its state.
+
+    This is the figure that shows whether ZeRO-3 construction is sharded: it
+    grows by the whole model when each rank builds it, by about 1/N when the
+    model is built partitioned.
+    """
+    host = [r.build_host_rss_growth_bytes for r in records]
+    device_peaks = [r.build_device_allocated_bytes for r in records]
+    host_known = [v for v in host if v is not None]
+    device_known = [v for v in device_peaks if v is not None]
+    result.set_metric("build_host_rss_growth_bytes", max(host_known, default=None), why)
+    result.set_metric(
+        "build_device_allocated_bytes",
+        max(device_known, default=None),
+        why if device == "cuda" else "no CUDA allocator on a CPU run",
+    )
+
+
 def _dp_mean_losses(records: list[RankRecord]) -> list[float]:
     """Loss of the global batch: the mean over data-parallel replicas.
 
@@ -143,6 +165,7 @@ def _rank_summary(r: dict[str, Any]) -> dict[str, Any]:
         "init_s": r.init_s,
         "step_time_s_median": step_stats(steps)["step_time_s_median"],
         "memory": r.memory or {},
+        "build_host_rss_growth_bytes": r.build_host_rss_growth_bytes,
         "error": r.error,
     }
 

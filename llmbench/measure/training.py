@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from llmbench.define.models import FAMILIES, ParamCounts, build_model, count_parameters, hf_config
+from llmbench.define.models import FAMILIES, ParamCounts, count_parameters, hf_config
 from llmbench.define.schema import CaseSpec
 from llmbench.errors import Unsupported
 from llmbench.measure.data.synthetic import cycle, synthetic_batches
+from llmbench.measure.weights import build_seeded
 
 StepFn = Callable[[], tuple[torch.Tensor, float]]
 SELECTIVE = "llmbench_selective_sdpa"
@@ -32,16 +33,19 @@ def _selective_sdpa(module, query, key, value, attention_mask, **kwargs):
     return checkpoint(core, query, key, value, attention_mask, use_reentrant=False), None
 
 
-def build_training_model(spec: CaseSpec) -> tuple[torch.nn.Module, ParamCounts]:
+def build_training_model(
+    spec: CaseSpec, ds_config: dict | None = None
+) -> tuple[torch.nn.Module, ParamCounts]:
     """The module DeepSpeed trains (the model, or this rank's pipeline stages) and the whole model's counts.
 
-    Random weights are always drawn on the CPU from the seeded CPU RNG, so the
-    initial weights are identical for every ZeRO stage, rank count, parallel
-    layout and device, which is what makes loss-parity checks meaningful;
-    DeepSpeed then moves (or, for ZeRO-3, partitions) them onto the
-    accelerator. Building under ``deepspeed.zero.Init`` instead skipped
-    transformers' weight initialisation (the first loss was 84 instead of
-    ln(1024) ≈ 6.9 with transformers 5.24 / deepspeed 0.19.8), so it is not used.
+    Weights are seeded per module (weights.py), so they are identical for every
+    ZeRO stage, rank count, parallel layout and device, which is what makes
+    loss-parity checks meaningful. Given the case's DeepSpeed config, a ZeRO-3
+    case without tensor or pipeline parallelism is built partitioned: no rank
+    ever holds the whole model, so a model that fits only when sharded is not
+    recorded as ``oom``. Every other layout is built whole on the host (AutoTP
+    and the pipeline split start from the whole model) and DeepSpeed then
+    moves, shards or partitions it.
     """
     par, ckpt = spec.parallel, spec.deepspeed.activation_checkpointing
     family = FAMILIES[spec.model.family]
@@ -56,7 +60,8 @@ def build_training_model(spec: CaseSpec) -> tuple[torch.nn.Module, ParamCounts]:
         spec.training.num_labels,
         spec.model.attn_implementation,
     )
-    model = build_model(config, spec.task, "cpu")
+    partitioned = ds_config is not None and spec.deepspeed.zero_stage == 3 and par.tp == par.pp == 1
+    model = build_seeded(config, spec.task, spec.training.seed, ds_config if partitioned else None)
     counts = count_parameters(model)
     if ckpt == "selective":
         if spec.model.attn_implementation != "sdpa":

@@ -15,7 +15,6 @@ statistics are computed later in one place (metrics.py).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -120,8 +119,10 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
         record.init_s = time.perf_counter() - t_init
         _communicate(spec, record, phase, accel, torch.device(accel.current_device_name()))
         return
-    torch.manual_seed(spec.training.seed)  # identical initial weights on every rank
-    model, counts = build_training_model(spec)
+    torch.manual_seed(spec.training.seed)  # the same dropout masks on every rank
+    rss_before = _open_build_window(task.device)
+    model, counts = build_training_model(spec, task.ds_config)
+    _close_build_window(record, task.device, rss_before)
     record.parameters = counts.to_dict()
     topo = record.topology = topology(
         record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size
@@ -240,15 +241,46 @@ def _limit_memory(device: str, limit_bytes: int, local_rank: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (soft if unlimited else min(soft, hard), hard))
 
 
+def _open_build_window(device: str) -> int | None:
+    """Reset the peaks that measure model construction; the RSS it grows from (None: unmeasurable).
+
+    Construction is where a rank can hold the whole model before ZeRO-3
+    partitions it; DeepSpeed's gradients and optimizer states come later, in
+    ``deepspeed.initialize``, and are not part of this window.
+    """
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    return _proc_status_bytes("VmRSS") if _reset_host_peak() else None
+
+
+def _close_build_window(record: RankRecord, device: str, rss_before: int | None) -> None:
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None and rss_before is not None:
+        record.build_host_rss_growth_bytes = peak - rss_before
+    if device == "cuda":
+        import torch
+
+        record.build_device_allocated_bytes = torch.cuda.max_memory_allocated()
+
+
+def _reset_host_peak() -> bool:
+    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def _reset_peaks(device: str) -> None:
     if device == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
     else:
-        # Linux: writing 5 resets the process's peak RSS (VmHWM) to its current RSS
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")
+        _reset_host_peak()
 
 
 def _memory(device: str) -> dict[str, int | None]:

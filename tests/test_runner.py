@@ -44,6 +44,7 @@ def test_a_case_with_a_failed_rank_is_stopped_before_its_time_limit(tmp_path, mo
     runner = runner_module.Runner.__new__(runner_module.Runner)
     runner.run, runner.observer = RunSpec(timeout_s=60), None
     RankRecord(rank=0, world_size=2, status="ok").save(tmp_path / "rank0.json")
+    (tmp_path / "rank_env.json").write_text('{"MASTER_PORT": "29500"}')  # not a record
     assert not runner_module.a_rank_failed(tmp_path)
     RankRecord(rank=1, world_size=2, error_type="OutOfMemoryError").save(tmp_path / "rank1.json")
     assert runner_module.a_rank_failed(tmp_path)

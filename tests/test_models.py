@@ -83,3 +83,33 @@ def test_config_round_trip(family):
             dims.max_positions,
             dims.tie_embeddings,
         )
+
+
+def _dropouts(model) -> set[float]:
+    """Every dropout probability the model applies: its Dropout modules and its attention's."""
+    found = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    for module in model.modules():
+        for attr in ("attention_dropout", "attn_dropout"):
+            rate = getattr(module, attr, None)
+            found |= {rate} if isinstance(rate, float) else set()
+    return found
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_dropout_keeps_the_config_or_sets_every_layer(family):
+    import transformers
+
+    from llmbench.define.models import DROPOUT_NAMES
+
+    task = FAMILIES[family].default_task
+    dims = resolve_dims(family, "tiny")
+    own = getattr(transformers, type(hf_config(family, dims, task)).__name__)()
+    kept = hf_config(family, dims, task)
+    assert [getattr(kept, n) for n in DROPOUT_NAMES[family]] == [
+        getattr(own, n) for n in DROPOUT_NAMES[family]
+    ]
+    for rate in (0.0, 0.25):
+        model = build_model(hf_config(family, dims, task, dropout=rate), task, device="meta")
+        assert _dropouts(model) <= {rate}
+    if family != "llama":  # Llama's own config has no dropout at all
+        assert _dropouts(build_model(kept, task, device="meta")) - {0.0}

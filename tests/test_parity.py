@@ -30,8 +30,19 @@ def test_references_are_added_once_and_run_first():
     cases = parse_scenario("deepspeed: {zero_stage: [0, 1, 2]}\nparallel: {world_size: 2}").expand()
     check = ParityCheck(cases, "s.yaml")
     assert len(check.cases) == 4
-    assert check.cases[0].label == "gpt2-tiny mb8 z0 fp32 ws1"
-    assert {check.reference_of[c.id] for c in cases} == {check.cases[0].id}
+    assert check.cases[0].label == "gpt2-tiny mb8 z0 fp32 ws1 dropout=0"
+    assert {check.reference_of[c.id] for c in check.cases[1:]} == {check.cases[0].id}
+
+
+def test_parity_forces_dropout_off_and_says_so():
+    cases = parse_scenario(
+        "model: {dropout: [config, 0.1, 0]}\ndeepspeed: {zero_stage: 1}"
+    ).expand()
+    check = ParityCheck(cases, "s.yaml")
+    reference, (case,) = check.cases[0], check.cases[1:]  # three dropouts, one case to check
+    assert case.spec.model.dropout == 0 and case.params["model.dropout"] == 0
+    assert case.id == cases[2].id  # the explicit dropout-0 case, id unchanged
+    assert case.label == "gpt2-tiny dropout=0" and reference.spec.model.dropout == 0
 
 
 def test_deviation_and_tolerance_by_precision():

@@ -48,11 +48,31 @@ def test_case_ids_are_stable_and_distinct():
     assert first == again
     assert len(set(first)) == len(first)
     # a pinned id: changing how ids are computed breaks nightly history, so it must be deliberate
-    spec = CaseSpec.model_validate(
-        {"deepspeed": {"zero_stage": 2, "precision": "fp32"}, "parallel": {"world_size": 2}}
-    )
+    settings = {"deepspeed": {"zero_stage": 2, "precision": "fp32"}, "parallel": {"world_size": 2}}
+    spec = CaseSpec.model_validate({**settings, "model": {"dropout": 0}})
     assert Case.from_spec(spec).id == "886576241bba"
     assert case_id(Case.from_spec(spec).params) == "886576241bba"
+
+
+def test_default_dropout_is_the_config_and_gets_its_own_id():
+    """Before model.dropout existed every case trained with dropout off: those keep their
+    ids; the default (the architecture's own dropout) is another model, so another id."""
+    settings = {"deepspeed": {"zero_stage": 2, "precision": "fp32"}, "parallel": {"world_size": 2}}
+    default = Case.from_spec(CaseSpec.model_validate(settings))
+    assert default.spec.model.dropout == "config" and default.id == "d6fc767ff9ff"
+    off = Case.from_spec(CaseSpec.model_validate({**settings, "model": {"dropout": 0.0}}))
+    assert off.id == "886576241bba" and off.params["model.dropout"] == 0.0
+
+
+def test_labels_name_a_dropout_that_is_not_the_configs():
+    assert parse_scenario("model: {dropout: 0}").expand()[0].label == "gpt2-tiny dropout=0"
+    assert parse_scenario("model: {dropout: config}").expand()[0].label == "gpt2-tiny"
+    swept = parse_scenario("model: {dropout: [config, 0.1]}").expand()
+    assert [c.label for c in swept] == ["gpt2-tiny dropout=config", "gpt2-tiny dropout=0.1"]
+    assert (
+        "dropout"
+        not in parse_scenario("comm: {op: all_reduce}\nmodel: {dropout: 0}").expand()[0].label
+    )
 
 
 def test_id_ignores_spelling_of_a_default_and_size_alias():

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmbench.define.schema import CASE_DEFAULTS, CaseSpec, RunSpec, case_problems, flatten, nest
+from llmbench.define.schema import (
+    CASE_DEFAULTS,
+    ID_NEUTRAL,
+    CaseSpec,
+    RunSpec,
+    case_problems,
+    flatten,
+    nest,
+)
 from llmbench.errors import UserError
 from llmbench.units import size_label
 
@@ -44,9 +52,11 @@ def case_id(params: dict[str, Any]) -> str:
     """Hash of the settings that differ from the defaults.
 
     Leaving defaults out keeps ids stable when a later llmbench version adds a
-    field, so nightly history keeps matching cases across upgrades.
+    field, so nightly history keeps matching cases across upgrades. A field whose
+    default changed what is trained is left out at its old value instead
+    (``ID_NEUTRAL``), so only cases that train a different model get new ids.
     """
-    significant = {k: v for k, v in params.items() if CASE_DEFAULTS.get(k, object()) != v}
+    significant = {k: v for k, v in params.items() if ID_NEUTRAL.get(k, object()) != v}
     blob = json.dumps(significant, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -66,6 +76,7 @@ _LABEL_FORMATS = {
     "deepspeed.activation_checkpointing": "ckpt:{}",
     "comm.size_bytes": "{}",
     "comm.dtype": "{}",
+    "model.dropout": "dropout={}",
 }
 
 
@@ -87,8 +98,17 @@ def case_label(params: dict[str, Any], swept: Sequence[str]) -> str:
         if isinstance(value, dict):
             value = json.dumps(value, sort_keys=True, separators=(",", ":"))
         fmt = _LABEL_FORMATS.get(key, key.rsplit(".", 1)[-1] + "={}")
-        parts.append(fmt.format(value))
+        parts.append(fmt.format(_dropout_text(value) if key == "model.dropout" else value))
+    dropout = params.get("model.dropout", "config")
+    if not comm and dropout != "config" and "model.dropout" not in swept:
+        # a model that differs from the user's config says so even when nothing sweeps it
+        parts.append(_LABEL_FORMATS["model.dropout"].format(_dropout_text(dropout)))
     return " ".join(parts)
+
+
+def _dropout_text(value: Any) -> str:
+    """``dropout=0``, ``dropout=0.1``, ``dropout=config``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)

@@ -150,10 +150,11 @@ def parse_model_name(name: str) -> tuple[str, str]:
     raise KeyError(name)
 
 
-# How each family's transformers config names llmbench's dimensions, and the
-# settings llmbench always uses: dropout off, as in modern LLM pre-training,
-# which also makes losses identical across parallel layouts (loss parity relies
-# on it), and token ids that fit small vocabularies (GPT-2's stock 50256 does not).
+# How each family's transformers config names llmbench's dimensions, its dropout
+# probabilities (kept at the config's own values unless model.dropout sets them),
+# and the settings llmbench always uses, none of which changes what a training
+# step computes: token ids that fit small vocabularies (GPT-2's stock 50256 does
+# not) and no KV cache (see hf_config).
 _CONFIG_NAMES: dict[str, dict[str, str]] = {
     "gpt2": {
         "num_layers": "n_layer",
@@ -185,18 +186,17 @@ _CONFIG_NAMES: dict[str, dict[str, str]] = {
         "max_positions": "max_position_embeddings",
     },
 }
+DROPOUT_NAMES: dict[str, tuple[str, ...]] = {
+    "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"),
+    "llama": ("attention_dropout",),
+    "distilbert": ("dropout", "attention_dropout", "seq_classif_dropout"),
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+}
 _CONFIG_FIXED: dict[str, dict[str, Any]] = {
-    "gpt2": {
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "summary_first_dropout": 0.0,
-        "bos_token_id": 0,
-        "eos_token_id": 0,
-    },
+    "gpt2": {"bos_token_id": 0, "eos_token_id": 0},
     "llama": {"bos_token_id": 0, "eos_token_id": 0},
-    "distilbert": {"dropout": 0.0, "attention_dropout": 0.0, "seq_classif_dropout": 0.0},
-    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "distilbert": {},
+    "bert": {},
 }
 _CONFIG_CLASSES = {
     "gpt2": "GPT2Config",
@@ -207,21 +207,35 @@ _CONFIG_CLASSES = {
 
 
 def hf_config(
-    family: str, dims: Dims, task: str, num_labels: int = 2, attn_implementation: str = "sdpa"
+    family: str,
+    dims: Dims,
+    task: str,
+    num_labels: int = 2,
+    attn_implementation: str = "sdpa",
+    dropout: float | str = "config",
 ):
-    """Build the transformers config for a family with the given dimensions."""
+    """Build the transformers config for a family with the given dimensions.
+
+    ``dropout``: ``"config"`` keeps the config class's own probabilities (what a
+    user training this architecture gets), a number sets every one of them.
+    ``use_cache`` is off because llmbench only trains: a training forward never
+    reads the KV cache (it serves generation), so on it would only build one for
+    nothing; transformers itself turns it off under activation checkpointing.
+    """
     import transformers
 
     values = {name: getattr(dims, field) for field, name in _CONFIG_NAMES[family].items()}
     if "num_kv_heads" in _CONFIG_NAMES[family]:
         values[_CONFIG_NAMES[family]["num_kv_heads"]] = dims.kv_heads
+    if dropout != "config":
+        values.update(dict.fromkeys(DROPOUT_NAMES[family], float(dropout)))
     cfg = getattr(transformers, _CONFIG_CLASSES[family])(
         **values,
         **_CONFIG_FIXED[family],
         vocab_size=dims.vocab_size,
         tie_word_embeddings=dims.tie_embeddings,
         num_labels=num_labels,
-        use_cache=False,  # we only train
+        use_cache=False,
         pad_token_id=0,
     )
     cfg._attn_implementation = attn_implementation

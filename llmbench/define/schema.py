@@ -49,6 +49,12 @@ class ModelSpec(_Section):
     vocab_size: PositiveInt | None = None
     max_positions: PositiveInt | None = None
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    dropout: Literal["config"] | Annotated[float, Field(ge=0.0, lt=1.0)] = "config"
+    """Dropout probability of every dropout layer. ``config`` (default): the
+    architecture's own values, i.e. what a user training this config gets (GPT-2,
+    BERT: 0.1; Llama: 0); a number sets every dropout of the model to it; ``0``
+    turns dropout off (what llmbench always did before this key existed, and what
+    loss-parity checks force, since dropout masks differ between layouts)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -303,6 +309,11 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 CASE_DEFAULTS: dict[str, Any] = flatten(CaseSpec().model_dump(mode="json"))
+ID_NEUTRAL: dict[str, Any] = {**CASE_DEFAULTS, "model.dropout": 0.0}
+"""The values a case id leaves out. Equal to the defaults except ``model.dropout``:
+llmbench trained every case with dropout off before the key existed, so a case with
+``dropout: 0`` keeps the id it always had, while the new default (``config``, a
+different model) gets a new id instead of silently continuing the old history."""
 
 
 def case_problems(spec: CaseSpec) -> list[tuple[str, str]]:

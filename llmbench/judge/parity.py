@@ -9,6 +9,10 @@ data slices one global batch across ranks, so the reference sees exactly what
 the ranks see together). References run first and are added when the scenario
 lacks them; each case's deviation is stored with its result, so ``compare`` and
 ``history`` track it like any metric.
+
+Dropout draws different masks on every layout, so a parity check trains every
+case with ``model.dropout: 0``, recorded in its params and its label
+(``dropout=0``); its ids are those of dropout-0 cases, not of the user's config.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from llmbench.define.cases import Case
+from llmbench.define.cases import Case, case_id
 from llmbench.define.schema import CaseSpec
 from llmbench.errors import UserError
 from llmbench.judge.result import CaseResult
@@ -74,12 +78,30 @@ def deviation(losses: list[float], reference: list[float], precision: str) -> De
     return Deviation(float(diff.max()), float((diff / np.abs(ref)).max()), atol, rtol, ok)
 
 
+def without_dropout(case: Case) -> Case:
+    """``case`` with every dropout off, its label saying ``dropout=0``."""
+    if case.spec.is_comm or case.spec.model.dropout == 0:
+        return case
+    params = {**case.params, "model.dropout": 0.0}
+    words = [w for w in case.label.split() if not w.startswith("dropout=")]
+    return Case(
+        id=case_id(params),
+        label=" ".join([*words, "dropout=0"]),
+        spec=CaseSpec.from_params(params),
+        params=params,
+    )
+
+
 class ParityCheck:
     """Adds the reference cases to a sweep and scores every case against its reference."""
 
     def __init__(self, cases: list[Case], where: str):
         self.reference_of: dict[str, str] = {}
         references: dict[str, Case] = {}
+        unique: dict[str, Case] = {}
+        for case in map(without_dropout, cases):
+            unique.setdefault(case.id, case)
+        cases = list(unique.values())
         for case in cases:
             if case.spec.is_comm:
                 continue
@@ -138,7 +160,7 @@ class ParityCheck:
 def parity_table(results: list[CaseResult]) -> tuple[Table, bool]:
     """Every scored case with its deviation and verdict; False when any case diverged."""
     table = Table(
-        title="loss parity (vs ZeRO 0 · fp32 · 1 rank on the same global batches)",
+        title="loss parity (vs ZeRO 0 · fp32 · 1 rank on the same global batches; dropout forced to 0)",
         header_style="bold",
     )
     for column in ("case", "precision", "max |Δloss|", "max rel", "tolerance", "verdict"):

@@ -59,6 +59,7 @@ def build_training_model(
         spec.task,
         spec.training.num_labels,
         spec.model.attn_implementation,
+        spec.model.dropout,
     )
     partitioned = ds_config is not None and spec.deepspeed.zero_stage == 3 and par.tp == par.pp == 1
     model = build_seeded(config, spec.task, spec.training.seed, ds_config if partitioned else None)

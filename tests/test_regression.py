@@ -123,3 +123,29 @@ def test_a_broken_history_is_not_a_silent_no_baseline(tmp_path, console):
     assert history is None and code == 2
     text = console.export_text()
     assert "run not indexed" in text and "history is unavailable" in text
+
+
+def test_run_compare_to_fails_closed_on_lost_cases(tmp_path, console):
+    """``run --compare-to``: a run that lost a baseline case exits 2 unless --allow-missing."""
+    root = tmp_path / "runs"
+    History(tmp_path / "history.sqlite").index_paths([copy_run(NIGHTLY[3], root)])
+    current = copy_run(NIGHTLY[4], root)
+    results = current / "results.jsonl"
+    results.write_text(results.read_text().splitlines()[0] + "\n")
+    code, _ = _after_run(current, CompareOptions("latest"), console)
+    assert code == 2 and "MISSING" in console.export_text()
+    allowed = CompareOptions("latest", allow_missing=True)
+    assert _after_run(current, allowed, console)[0] == 0
+
+
+def test_history_runs_give_the_noise_band(tmp_path, console):
+    """``latest`` also brings the good runs before it: their spread is the history band."""
+    root = tmp_path / "runs"
+    levels = runs("levels")
+    History(tmp_path / "history.sqlite").index_paths([copy_run(p, root) for p in levels[:6]])
+    current = copy_run(levels[6], root)
+    code, _ = _after_run(current, CompareOptions("latest"), console)
+    data = json.loads((current / "compare" / "verdicts.json").read_text())
+    step = next(v for v in data["verdicts"] if v["metric"] == "step_time_s_median")
+    assert step["band_source"] == "history of 6 runs"
+    assert code == 0

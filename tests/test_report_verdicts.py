@@ -50,9 +50,60 @@ def test_junit_one_testcase_per_case_and_metric():
 
 def test_json_round_trips():
     data = json.loads(verdicts.to_json(_slowdown()))
-    assert data["exit_code"] == 1 and data["alpha"] == 0.01
-    assert data["verdicts"][0]["verdict"] == "regression"
-    assert "Mann-Whitney" in data["method"]
+    assert data["exit_code"] == 1 and data["missing"] == 0
+    first = data["verdicts"][0]
+    assert first["verdict"] == "regression" and first["band_source"] == "repeats 4+4"
+    assert first["band_low"] < first["baseline"] < first["band_high"]
+    assert "noise band" in data["method"]
+
+
+def test_every_rendering_shows_the_noise_band_next_to_the_change():
+    comparison = _slowdown()
+    tokens = next(v for v in comparison.verdicts if v.metric == "tokens_per_s")
+    band = verdicts.band_text(tokens)  # as changes from the baseline, like the change column
+    low, high = (
+        (e - tokens.baseline) / tokens.baseline * 100 for e in (tokens.band_low, tokens.band_high)
+    )
+    assert band == f"{low:+.1f} … {high:+.1f} % (repeats 4+4)" and low < 0 < high
+    assert tokens.change_rel * 100 < low  # the change clears the band: why it is a regression
+    console = Console(width=220, record=True)
+    console.print(verdicts.terminal(comparison))
+    for text in (
+        console.export_text(),
+        verdicts.summary_markdown(comparison),
+        verdicts.junit_xml(comparison),
+        verdicts.html_section(comparison),
+    ):
+        assert "repeats 4+4" in text and f"{low:+.1f}" in text
+
+
+def test_warnings_reach_every_rendering():
+    comparison = _slowdown()
+    comparison.warnings = ["current x: test-only slowdown hook active"]
+    comparison.disturbed = ["gpt2-tiny: step scatter 80% vs the baseline's 10%"]
+    console = Console(width=220, record=True)
+    console.print(verdicts.terminal(comparison))
+    for text in (
+        console.export_text(),
+        verdicts.summary_markdown(comparison),
+        verdicts.junit_xml(comparison),
+        verdicts.to_json(comparison),
+        verdicts.html_section(comparison),
+    ):
+        assert "test-only slowdown hook" in text and "step scatter" in text
+
+
+def test_missing_data_is_an_error_in_junit_unless_allowed():
+    comparison = _slowdown()
+    lost = replace(comparison.verdicts[0], metric="status", verdict="missing", detail="lost")
+    comparison.verdicts.append(lost)
+    suite = ET.fromstring(verdicts.junit_xml(comparison)).find("testsuite")
+    assert suite.get("errors") == "1" and comparison.exit_code == 2
+    assert "MISSING" in comparison.headline and "--allow-missing" in comparison.headline
+    lost.allowed = True
+    suite = ET.fromstring(verdicts.junit_xml(comparison)).find("testsuite")
+    assert suite.get("errors") == "0" and suite.get("skipped") == "1"
+    assert comparison.exit_code == 1  # the slowdown's regressions remain
 
 
 def test_no_baseline_outputs():

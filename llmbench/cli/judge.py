@@ -131,9 +131,13 @@ def report(
     help="YAML thresholds per scenario name ('*': every scenario).",
 )
 @click.option("--metric", "metrics", multiple=True, help="Judge these metrics, not the defaults.")
-@click.option("--alpha", type=float, help="Significance level of the Mann-Whitney U test [0.01].")
 @click.option(
     "--allow-env-mismatch", is_flag=True, help="Compare runs from different environments."
+)
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Accept cases or metrics of the baseline missing from CURRENT (otherwise exit 2).",
 )
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path))
@@ -147,8 +151,8 @@ def compare(
     threshold_options: tuple[str, ...],
     thresholds_file: Path | None,
     metrics: tuple[str, ...],
-    alpha: float | None,
     allow_env_mismatch: bool,
+    allow_missing: bool,
     markdown_path: Path | None,
     junit_path: Path | None,
     json_path: Path | None,
@@ -156,7 +160,10 @@ def compare(
 ) -> None:
     """Judge CURRENT against BASELINE (run dirs or stored ids; BASELINE may be 'latest').
 
-    Exit 0: no regression; 1: a regression; 2: a case errored or invalid input.
+    A metric regressed when its change is past its threshold and outside its
+    noise band (the spread of its last good runs in the history, and of the
+    runs' repeats). Exit 0: no regression; 1: a regression; 2: a case errored,
+    a case or metric of BASELINE is missing from CURRENT, or invalid input.
     """
     from llmbench.judge.history import resolve_run
     from llmbench.judge.regression import CompareOptions, judge, write_outputs
@@ -164,7 +171,7 @@ def compare(
 
     history = _history(history_path)
     options = CompareOptions(
-        baseline, threshold_options, thresholds_file, metrics, alpha, allow_env_mismatch
+        baseline, threshold_options, thresholds_file, metrics, allow_env_mismatch, allow_missing
     )
     comparison, _ = judge(options, resolve_run(current, history), history)
     write_outputs(comparison, markdown_path, junit_path, json_path)
@@ -191,7 +198,11 @@ def compare(
     show_default=True,
     help="Runs per case to show (change points are found within them).",
 )
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG here.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG here: values per run, the noise band the gate judged each by, change points.",
+)
 @click.option(
     "--format",
     "fmt",

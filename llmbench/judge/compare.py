@@ -2,43 +2,70 @@
 
 A metric has *changed* only when both hold:
 
-1. the change is beyond its threshold, in the metric's own direction
-   (defaults: throughput −5 %, step time +5 %, memory +2 % and +256 MiB — the
-   larger of the two, so neither a few MiB on a small case nor 1 % of an
-   80 GiB device raises an alarm); and
-2. a two-sided Mann-Whitney U test (scipy.stats.mannwhitneyu) of baseline
-   against current samples gives p < alpha (default 0.01). The samples are
-   the per-repeat values of the metric when both runs have enough repeats for
-   the test to reach alpha at all (≥ 5 each at alpha 0.01); otherwise, for a
-   figure derived from step times (step time, tokens/s, MFU, …), the per-step
-   times of all repeats pooled.
+1. the change from baseline to current is beyond its threshold, in the
+   metric's own direction (defaults: throughput −5 %, step time +5 %, memory
+   +2 % and +256 MiB — the larger of the two, so neither a few MiB on a small
+   case nor 1 % of an 80 GiB device raises an alarm); and
+2. the current value lies outside the metric's **noise band**: how far the
+   value moves between runs of unchanged code on this machine, measured, not
+   assumed. Two sources, the wider band winning when both exist:
 
-Beyond the threshold but not significant is *noisy*: never a failure. A
-metric measured once per case with no repeats (e.g. peak memory of a single
-run) cannot be tested; it is judged by its threshold alone, which is why the
-memory default is wide. A case that was ``ok`` and is now ``oom``, ``error``,
-``timeout`` or ``unsupported`` is a regression whatever its figures.
+   * **history**: the case's value (median over its repeats) in the last good
+     runs of the same scenario and environment fingerprint (at least
+     ``MIN_HISTORY``): their median ± ``NOISE_Z`` robust standard deviations
+     (1.4826 × the median absolute deviation) — Bencher's and conbench's
+     statistical thresholds, made robust to the odd wild night;
+   * **repeats**: ``run.repeats`` are separate processes, interleaved across
+     the run (asv's design: compare per-process statistics, never per-step
+     samples): the baseline's value ± ``NOISE_Z`` pooled standard deviations
+     of the per-process values of both runs around their own medians.
 
-Exit codes: 0 no regression, 1 a regression, 2 a case errored in the current
-run or the inputs are invalid (including different environments, unless
-``--allow-env-mismatch``).
+   Per-step times are not samples of a run's level: the steps of one run
+   share that run's conditions, so a test on them calls every ordinary
+   run-to-run shift significant (3 of 6 back-to-back comparisons of unchanged
+   code failed that way). Their scatter is kept as a within-run quality
+   figure: a run whose own step scatter is ``SCATTER_FACTOR`` × the
+   baseline's is flagged as disturbed.
+
+Beyond the threshold but inside the band is *noisy*: shown, never a failure.
+A metric with no band (one repeat each and too little history) is judged by
+its threshold alone and says so; memory, which barely moves between runs, is
+meant to be judged that way, which is why its default threshold is wide. A
+case that was ``ok`` and is now ``oom``, ``error``, ``timeout`` or
+``unsupported`` is a regression whatever its figures.
+
+The check fails closed: a case or metric of the baseline that the current run
+lacks (lost, now ``skipped``, or null) is *missing* and exits 2 unless allowed
+(``--allow-missing``, or ``allow_missing`` patterns in the thresholds file).
+
+Exit codes (llmbench/errors.py): 0 no regression, 1 a regression, 2 a case
+errored, data is missing, or the inputs are invalid (including different
+environments, unless ``--allow-env-mismatch``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from llmbench.errors import ExitCode, UserError
-from llmbench.judge.fingerprint import env_differences
+from llmbench.judge.fingerprint import env_differences, test_hook_warning
+from llmbench.judge.noise import (
+    HISTORY_RUNS,
+    SCATTER_FACTOR,
+    Band,
+    history_band,
+    noise_band,
+    repeats_band,
+    step_scatter,
+)
 from llmbench.judge.runs import DEVICE_MEMORY, FAILED_STATUSES, Run, per_case, runs_frame
 from llmbench.judge.thresholds import Threshold, Thresholds, default_threshold
 
-DEFAULT_ALPHA = 0.01
 DEFAULT_METRICS = (
     "tokens_per_s",
     "step_time_s_median",
@@ -47,95 +74,7 @@ DEFAULT_METRICS = (
     "energy_j_per_step",
     "busbw_gb_s",
 )
-# Figures computed from the per-step times: their samples are the step times.
-STEP_DERIVED = {
-    "tokens_per_s",
-    "samples_per_s",
-    "tokens_per_s_per_device",
-    "tflops_per_s_per_device",
-    "hardware_tflops_per_s_per_device",
-    "mfu",
-    "hfu",
-    "algbw_gb_s",
-    "busbw_gb_s",
-    *(f"step_time_s_{s}" for s in ("median", "mean", "p10", "p90", "min", "max")),
-}
-VERDICTS = ("regression", "failed", "noisy", "missing", "new", "improvement", "unchanged")
-# --------------------------------------------------------------------------- statistics
-
-
-STEP_TEST = "Mann-Whitney U on steps"
-REPEAT_TEST = "Mann-Whitney U on repeats"
-NO_TEST = "none (too few samples)"
-
-
-@dataclass(frozen=True)
-class Samples:
-    """What a metric's change is tested on, and how."""
-
-    test: str
-    baseline: tuple[float, ...]
-    current: tuple[float, ...]
-
-    @property
-    def testable(self) -> bool:
-        return self.test != NO_TEST
-
-
-def min_attainable_p(n1: int, n2: int) -> float:
-    """Smallest two-sided p the exact Mann-Whitney U test can give with these sizes.
-
-    All baseline samples below all current ones is one of C(n1+n2, n1)
-    equally likely orderings under the null; two-sided doubles it.
-    """
-    if n1 == 0 or n2 == 0:
-        return 1.0
-    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
-
-
-def samples_for(
-    metric: str, baseline: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]], alpha: float
-) -> Samples:
-    """The best samples the two runs offer for ``metric`` (see the module docstring)."""
-
-    def values(rows: Sequence[dict[str, Any]]) -> tuple[float, ...]:
-        return tuple(float(r[metric]) for r in rows if _number(r.get(metric)) is not None)
-
-    def steps(rows: Sequence[dict[str, Any]]) -> tuple[float, ...]:
-        return tuple(t for r in rows if r["status"] == "ok" for t in (r.get("step_times_s") or []))
-
-    candidates = [(REPEAT_TEST, values(baseline), values(current))]
-    if metric in STEP_DERIVED:
-        candidates.append((STEP_TEST, steps(baseline), steps(current)))
-    for name, x, y in candidates:
-        if min_attainable_p(len(x), len(y)) < alpha:
-            return Samples(name, x, y)
-    return Samples(NO_TEST, candidates[0][1], candidates[0][2])
-
-
-def mann_whitney_p(pairs: Sequence[Samples]) -> list[float]:
-    """Two-sided Mann-Whitney U p-value of each pair (scipy.stats.mannwhitneyu).
-
-    Pairs of the same sizes go to scipy as one 2-D call: a comparison of
-    10,000 cases tests thousands of pairs, and one call per pair costs
-    milliseconds of argument handling each.
-    """
-    import numpy as np
-    from scipy.stats import mannwhitneyu
-
-    p_values = [math.nan] * len(pairs)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, pair in enumerate(pairs):
-        groups.setdefault((len(pair.baseline), len(pair.current)), []).append(index)
-    for indices in groups.values():
-        x = np.array([pairs[i].baseline for i in indices], dtype=float)
-        y = np.array([pairs[i].current for i in indices], dtype=float)
-        result = mannwhitneyu(x, y, axis=1, alternative="two-sided")
-        for i, p in zip(indices, np.atleast_1d(result.pvalue), strict=True):
-            p_values[i] = float(p)
-    return p_values
-
-
+VERDICTS = ("regression", "failed", "missing", "noisy", "new", "improvement", "unchanged")
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -151,11 +90,22 @@ class Verdict:
     change: float | None = None
     change_rel: float | None = None
     threshold: str | None = None
-    p_value: float | None = None
-    test: str | None = None
+    band_low: float | None = None
+    band_high: float | None = None
+    """The noise band (metric units): where unchanged code's value falls between runs."""
+    band_source: str | None = None
     n_baseline: int | None = None
     n_current: int | None = None
+    """Processes (repeats) behind each side's value."""
+    allowed: bool = False
+    """A missing verdict the user allowed (``--allow-missing`` or a thresholds-file rule)."""
     detail: str = ""
+
+    @property
+    def band(self) -> Band | None:
+        if self.band_low is None or self.band_high is None:
+            return None
+        return Band(self.band_low, self.band_high, self.band_source or "")
 
 
 @dataclass
@@ -163,11 +113,14 @@ class Comparison:
     baseline_id: str | None
     current_id: str
     scenario: str
-    alpha: float
     verdicts: list[Verdict] = field(default_factory=list)
     env_differences: list[str] = field(default_factory=list)
     errored: list[str] = field(default_factory=list)
     """Labels of current cases that ended in error or timeout."""
+    disturbed: list[str] = field(default_factory=list)
+    """``label: why`` for current cases whose own step scatter is abnormal (a quality flag)."""
+    warnings: list[str] = field(default_factory=list)
+    """Facts every output must carry, e.g. a test-only hook active in one of the runs."""
     note: str = ""
     """Why nothing was compared (no baseline), when that is the case."""
 
@@ -178,8 +131,13 @@ class Comparison:
         return counts
 
     @property
+    def missing(self) -> list[Verdict]:
+        """Missing data the user did not allow: the gate cannot vouch for it, so it fails."""
+        return [v for v in self.verdicts if v.verdict == "missing" and not v.allowed]
+
+    @property
     def exit_code(self) -> int:
-        if self.errored:
+        if self.errored or self.missing:
             return ExitCode.INVALID
         if any(v.verdict == "regression" for v in self.verdicts):
             return ExitCode.FAILED_CHECK
@@ -188,10 +146,19 @@ class Comparison:
     @property
     def headline(self) -> str:
         if self.baseline_id is None:
-            return f"no baseline: {self.note}"
+            text = f"no baseline: {self.note}"
+            return f"ERRORED: {len(self.errored)} case(s) errored; {text}" if self.errored else text
         counts = self.counts()
+        missing = self.missing
         if self.errored:
             text = f"ERRORED: {len(self.errored)} case(s) errored"
+        elif missing:
+            cases = {v.case_id for v in missing}
+            text = (
+                f"MISSING: {len(missing)} case/metric result(s) of the baseline missing from the "
+                f"current run ({len(cases)} case(s), e.g. {missing[0].label} {missing[0].metric}: "
+                f"{missing[0].detail or 'absent'}); pass --allow-missing to accept"
+            )
         elif counts["regression"]:
             text = f"REGRESSION: {counts['regression']} regression(s)"
         else:
@@ -205,9 +172,10 @@ class Comparison:
 
 
 def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, str) or pd.isna(value):
+    if value is None or isinstance(value, (str, bool)) or pd.isna(value):
         return None
-    return float(value)
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def _status_verdict(base: str, cur: str) -> str:
@@ -222,65 +190,70 @@ def _status_verdict(base: str, cur: str) -> str:
     return "improvement" if cur == "ok" else "failed"
 
 
-def _metric_verdict(
-    case: dict[str, Any],
-    metric: str,
-    threshold: Threshold,
-    base_rows: Sequence[dict[str, Any]],
-    cur_rows: Sequence[dict[str, Any]],
-    base_case: dict[str, Any],
-    alpha: float,
-) -> tuple[Verdict | None, Samples | None]:
-    """The verdict so far, and the samples to test when the change is beyond the threshold."""
-    b, c = _number(base_case.get(metric)), _number(case.get(metric))
-    verdict = Verdict(case["case_id"], case["label"], metric, "unchanged", b, c)
-    verdict.threshold = threshold.text()
-    if b is None and c is None:
-        return None, None
-    if b is None or c is None:
-        reasons = (base_case if c is not None else case).get("null_reasons") or {}
-        verdict.verdict = "new" if b is None else "missing"
-        verdict.detail = reasons.get(metric, "not measured")
-        return verdict, None
-    verdict.change = c - b
-    verdict.change_rel = (c - b) / abs(b) if b else None
-    if abs(c - b) <= threshold.limit(b):
-        return verdict, None
-    samples = samples_for(metric, base_rows, cur_rows, alpha)
-    verdict.test = samples.test
-    verdict.n_baseline, verdict.n_current = len(samples.baseline), len(samples.current)
-    return verdict, samples
+def _settle(verdict: Verdict, threshold: Threshold, band: Band | None) -> None:
+    """Beyond the threshold: a regression or improvement if outside the noise band, else noisy."""
+    change, current = verdict.change or 0.0, float(verdict.current)  # type: ignore[arg-type]
+    if band is not None:
+        outside = current > band.high if change > 0 else current < band.low
+        if not outside:
+            verdict.verdict = "noisy"
+            verdict.detail = f"beyond the threshold but inside the noise band ({band.source})"
+            return
+    verdict.verdict = "regression" if change * threshold.worse > 0 else "improvement"
+    if band is None:
+        verdict.detail = (
+            "no noise measurement (1 repeat and too little history): judged by the threshold alone"
+        )
 
 
-def _settle(verdict: Verdict, worse: int, p_value: float | None, alpha: float) -> None:
-    """Beyond the threshold: a regression or improvement if significant, else noisy."""
-    verdict.p_value = p_value
-    if p_value is not None and p_value >= alpha:
-        verdict.verdict = "noisy"
-        verdict.detail = f"beyond the threshold but p = {p_value:.3g} ≥ {alpha:g}"
-        return
-    verdict.verdict = "regression" if (verdict.change or 0.0) * worse > 0 else "improvement"
-    if p_value is None:
-        verdict.detail = "too few samples to test: judged by the threshold alone"
+@dataclass
+class _Side:
+    """One run's view of a case: per-case values, per-process values, step lists."""
+
+    case: dict[str, Any]
+    processes: list[dict[str, Any]]
+
+    def values(self, metric: str) -> list[float]:
+        return [v for r in self.processes if (v := _number(r.get(metric))) is not None]
+
+    def scatter(self) -> float | None:
+        return step_scatter(
+            r.get("step_times_s") or [] for r in self.processes if r["status"] == "ok"
+        )
 
 
-def _rows_by_case(frame: pd.DataFrame, metrics: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-    columns = ["case_id", "status", "step_times_s", *[m for m in metrics if m in frame.columns]]
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for row in frame[columns].to_dict("records"):
-        row["status"] = str(row["status"])
-        grouped.setdefault(row["case_id"], []).append(row)
-    return grouped
-
-
-def _cases(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per case (median over repeats): identity, status, reasons and the judged metrics."""
+def _sides(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, _Side]:
+    """Per case: the median over repeats (with the worst status) and every repeat's row."""
+    present = [m for m in metrics if m in frame.columns]
     cases = per_case(frame)
-    columns = ["case_id", "label", "status", "reason", "null_reasons"]
-    records = cases[columns + [m for m in metrics if m in cases.columns]].to_dict("records")
+    columns = ["case_id", "label", "status", "reason", "null_reasons", *present]
+    records = cases[[c for c in columns if c in cases.columns]].to_dict("records")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for row in frame[["case_id", "status", "step_times_s", *present]].to_dict("records"):
+        row["status"] = str(row["status"])
+        rows.setdefault(row["case_id"], []).append(row)
+    out = {}
     for record in records:
         record["status"] = str(record["status"])
-    return {r["case_id"]: r for r in records}
+        out[record["case_id"]] = _Side(record, rows[record["case_id"]])
+    return out
+
+
+def history_values(
+    runs: Sequence[Run], metrics: Sequence[str]
+) -> dict[tuple[str, str], list[float]]:
+    """(case id, metric) → the value (median over repeats) in each good run of ``runs``."""
+    frame = runs_frame(runs)
+    if frame.empty:
+        return {}
+    cases = per_case(frame)
+    cases = cases[cases["status"].astype(str) == "ok"]
+    values: dict[tuple[str, str], list[float]] = {}
+    for metric in (m for m in metrics if m in cases.columns):
+        for case_id, value in zip(cases["case_id"], cases[metric], strict=True):
+            if (number := _number(value)) is not None:
+                values.setdefault((case_id, metric), []).append(number)
+    return values
 
 
 def compared_metrics(
@@ -302,17 +275,70 @@ def compared_metrics(
     return [m for m in present if thresholds.for_metric(m) is not None]
 
 
+def _metric_verdict(
+    base: _Side, cur: _Side, metric: str, threshold: Threshold, history: Sequence[float]
+) -> Verdict | None:
+    case = cur.case
+    b, c = _number(base.case.get(metric)), _number(case.get(metric))
+    verdict = Verdict(case["case_id"], case["label"], metric, "unchanged", b, c)
+    verdict.threshold = threshold.text()
+    if b is None and c is None:
+        return None
+    if b is None or c is None:
+        reasons = (base.case if c is not None else case).get("null_reasons") or {}
+        verdict.verdict = "new" if b is None else "missing"
+        verdict.detail = reasons.get(metric, "not measured")
+        return verdict
+    base_values, cur_values = base.values(metric), cur.values(metric)
+    verdict.n_baseline, verdict.n_current = len(base_values), len(cur_values)
+    band = noise_band([history_band(history), repeats_band(base_values, cur_values)])
+    if band is not None:
+        verdict.band_low, verdict.band_high, verdict.band_source = band.low, band.high, band.source
+    verdict.change = c - b
+    verdict.change_rel = (c - b) / abs(b) if b else None
+    if abs(c - b) > threshold.limit(b):
+        _settle(verdict, threshold, band)
+    return verdict
+
+
+def _scatter_flag(base: _Side, cur: _Side) -> str | None:
+    own, theirs = cur.scatter(), base.scatter()
+    if own is None or theirs is None or own <= SCATTER_FACTOR * max(theirs, 0.01):
+        return None
+    return (
+        f"{cur.case['label']}: step scatter (p90−p10)/median {own:.0%} vs the baseline's "
+        f"{theirs:.0%}: a disturbed run"
+    )
+
+
+def _missing_verdict(case_id: str, base: dict[str, Any], thresholds: Thresholds) -> Verdict:
+    verdict = Verdict(
+        case_id,
+        base["label"],
+        "status",
+        "missing",
+        base["status"],
+        None,
+        detail="not in the current run",
+    )
+    verdict.allowed = thresholds.missing_allowed(case_id, base["label"], "status")
+    return verdict
+
+
 def compare_runs(
     baseline: Run,
     current: Run,
     thresholds: Thresholds | None = None,
     metrics: Sequence[str] = (),
-    alpha: float = DEFAULT_ALPHA,
     allow_env_mismatch: bool = False,
+    history: Sequence[Run] = (),
 ) -> Comparison:
-    """Every case of either run, judged (see the module docstring for the rules)."""
-    if not 0 < alpha < 1:
-        raise UserError(f"alpha must be between 0 and 1, not {alpha}", where="--alpha")
+    """Every case of either run, judged (see the module docstring for the rules).
+
+    ``history``: earlier good runs of the same scenario and environment
+    (the baseline among them or not), newest last; the latest
+    ``HISTORY_RUNS`` give each metric's history band.
+    """
     differences = env_differences(baseline.env, current.env)
     if differences and not allow_env_mismatch:
         raise UserError(
@@ -324,18 +350,26 @@ def compare_runs(
     scenario = current.scenario_name or baseline.scenario_name
     thresholds = thresholds or Thresholds()
     base_frame, cur_frame = runs_frame([baseline]), runs_frame([current])
-    if cur_frame.empty:
-        raise UserError("the current run has no results", where=current.run_id)
+    for run, frame in ((current, cur_frame), (baseline, base_frame)):
+        if frame.empty:
+            role = "current" if run is current else "baseline"
+            raise UserError(f"the {role} run has no results: nothing to judge", where=run.run_id)
     names = compared_metrics([base_frame, cur_frame], thresholds, metrics)
-    base_cases, cur_cases = _cases(base_frame, names), _cases(cur_frame, names)
-    base_rows, cur_rows = _rows_by_case(base_frame, names), _rows_by_case(cur_frame, names)
-    comparison = Comparison(baseline.run_id, current.run_id, scenario, alpha)
+    base_sides, cur_sides = _sides(base_frame, names), _sides(cur_frame, names)
+    past = [r for r in history if r.run_id != current.run_id][-HISTORY_RUNS:]
+    past_values = history_values(past, names)
+    comparison = Comparison(baseline.run_id, current.run_id, scenario)
     comparison.env_differences = differences
-    pending: dict[tuple[str, str], tuple[Samples, list[tuple[Verdict, int]]]] = {}
-    for case_id, case in cur_cases.items():
+    comparison.warnings = [
+        f"{role} {run.run_id}: {warning}"
+        for role, run in (("baseline", baseline), ("current", current))
+        if (warning := test_hook_warning(run.env))
+    ]
+    for case_id, cur in cur_sides.items():
+        case = cur.case
         if case["status"] in FAILED_STATUSES:
             comparison.errored.append(case["label"])
-        base = base_cases.get(case_id)
+        base = base_sides.get(case_id)
         if base is None:
             verdict = "failed" if case["status"] in FAILED_STATUSES else "new"
             comparison.verdicts.append(
@@ -350,53 +384,34 @@ def compare_runs(
                 )
             )
             continue
-        status = _status_verdict(base["status"], case["status"])
-        if not (base["status"] == case["status"] == "ok"):
-            comparison.verdicts.append(
-                Verdict(
-                    case_id,
-                    case["label"],
-                    "status",
-                    status,
-                    base["status"],
-                    case["status"],
-                    detail=_reason(case) or _reason(base),
-                )
+        if not (base.case["status"] == case["status"] == "ok"):
+            status = Verdict(
+                case_id,
+                case["label"],
+                "status",
+                _status_verdict(base.case["status"], case["status"]),
+                base.case["status"],
+                case["status"],
+                detail=_reason(case) or _reason(base.case),
             )
+            status.allowed = thresholds.missing_allowed(case_id, case["label"], "status")
+            comparison.verdicts.append(status)
             continue
+        if flag := _scatter_flag(base, cur):
+            comparison.disturbed.append(flag)
         for metric in names:
             threshold = thresholds.for_metric(metric)
             if threshold is None:
                 continue
-            judged, samples = _metric_verdict(
-                case, metric, threshold, base_rows[case_id], cur_rows[case_id], base, alpha
+            judged = _metric_verdict(
+                base, cur, metric, threshold, past_values.get((case_id, metric), [])
             )
             if judged is not None:
+                judged.allowed = thresholds.missing_allowed(case_id, case["label"], metric)
                 comparison.verdicts.append(judged)
-            if judged is not None and samples is not None:
-                # tokens/s and step time of one case share their step samples: test once
-                key = (case_id, samples.test if samples.test == STEP_TEST else metric)
-                pending.setdefault(key, (samples, []))[1].append((judged, threshold.worse))
-    tests = list(pending.values())
-    testable = [samples for samples, _ in tests if samples.testable]
-    p_values = iter(mann_whitney_p(testable))
-    for samples, judged in tests:
-        p_value = next(p_values) if samples.testable else None
-        for verdict, worse in judged:
-            _settle(verdict, worse, p_value, alpha)
-    for case_id, base in base_cases.items():
-        if case_id not in cur_cases:
-            comparison.verdicts.append(
-                Verdict(
-                    case_id,
-                    base["label"],
-                    "status",
-                    "missing",
-                    base["status"],
-                    None,
-                    detail="not in the current run",
-                )
-            )
+    for case_id, base in base_sides.items():
+        if case_id not in cur_sides:
+            comparison.verdicts.append(_missing_verdict(case_id, base.case, thresholds))
     return comparison
 
 
@@ -407,7 +422,9 @@ def _reason(case: dict[str, Any]) -> str:
 
 def no_baseline(current: Run, why: str) -> Comparison:
     """The verdict when there is nothing to compare with: reported, never a failure."""
-    comparison = Comparison(None, current.run_id, current.scenario_name, DEFAULT_ALPHA, note=why)
+    comparison = Comparison(None, current.run_id, current.scenario_name, note=why)
+    warning = test_hook_warning(current.env)
+    comparison.warnings = [f"current {current.run_id}: {warning}"] if warning else []
     for result in current.results:
         if result.status in FAILED_STATUSES:
             comparison.errored.append(result.label)

@@ -20,6 +20,19 @@ FINGERPRINT_KEYS = (
     "transformers",
 )
 
+TEST_SLOWDOWN = "test_slowdown"
+"""env.json key: the fraction of the test-only slowdown hook (measure/slowdown.py), null in real runs."""
+
+
+def test_hook_warning(env: dict[str, Any]) -> str | None:
+    """A warning when a run was slowed on purpose by the test-only hook (never silent)."""
+    value = env.get(TEST_SLOWDOWN)
+    if not value:
+        return None
+    return (
+        f"test-only slowdown hook active in this run: every timed step slowed by {value:g} × itself"
+    )
+
 
 def fingerprint(env: dict[str, Any]) -> str:
     """Short hash of what makes timings comparable (hardware, driver, core libraries)."""

@@ -17,7 +17,8 @@ from a stored run id even after the run directory is gone; numeric metrics are
 also stored one per row for trend queries.
 
 Change points over a metric's history use a rolling-median step detector
-(see :func:`change_points`).
+(see :func:`change_points`); each point also carries the noise band of the
+good runs before it (noise.py), the band the gate judges a new run by.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from llmbench.errors import UserError
+from llmbench.judge.noise import HISTORY_RUNS, Band, history_band
 from llmbench.judge.result import CaseResult
 from llmbench.judge.runs import FAILED_STATUSES, Run, read_run
 from llmbench.judge.store import RESULTS
@@ -347,29 +349,42 @@ class History:
         path = Path(row[2]) if row[2] and Path(row[2]).is_dir() else None
         return Run(run_id, results, json.loads(row[0]), json.loads(row[1]), path)
 
-    def last_good(
-        self, scenario: str, fingerprint: str | None, exclude: str, before: str | None = None
-    ) -> RunRow | None:
-        """The newest run of this scenario and environment, started before ``before``, fit to be a baseline.
+    def good_runs(
+        self,
+        scenario: str,
+        fingerprint: str | None,
+        exclude: str,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRow]:
+        """Runs of this scenario and environment, started before ``before``, fit to be a baseline; newest first.
 
         A run marked 'good' always is; one marked 'bad' never is; otherwise it
         is when none of its cases errored and its own comparison (if any) found
         no regression. So an unaccepted regression never becomes the baseline
-        that would hide it the next night.
+        that would hide it the next night, nor widens the noise band.
         """
+        found = []
         for run in self.runs(scenario=scenario, fingerprint=fingerprint):
             if run.run_id == exclude or run.mark == "bad":
                 continue
             if before is not None and run.started_at > before:
                 continue
-            if run.mark == "good":
-                return run
-            if any(run.statuses.get(s) for s in FAILED_STATUSES):
+            if run.mark != "good" and (
+                any(run.statuses.get(s) for s in FAILED_STATUSES) or run.exit_code
+            ):
                 continue
-            if run.exit_code:
-                continue
-            return run
-        return None
+            found.append(run)
+            if limit is not None and len(found) == limit:
+                break
+        return found
+
+    def last_good(
+        self, scenario: str, fingerprint: str | None, exclude: str, before: str | None = None
+    ) -> RunRow | None:
+        """The newest of :meth:`good_runs`: the baseline ``latest`` stands for."""
+        runs = self.good_runs(scenario, fingerprint, exclude, before, limit=1)
+        return runs[0] if runs else None
 
     def metric_rows(
         self,
@@ -467,7 +482,8 @@ def change_points(values: Sequence[float], metric: str) -> list[int]:
 class Trend:
     metric: str
     frame: pd.DataFrame
-    """run_id, started_at, fingerprint, case_id, label, value (median over repeats), change_point."""
+    """run_id, started_at, fingerprint, case_id, label, value (median over repeats),
+    band_low / band_high (the noise band from the runs before it), change_point."""
 
     @property
     def change_points(self) -> list[tuple[str, str]]:
@@ -505,16 +521,41 @@ def trend(
     per_run["started_at"] = pd.to_datetime(per_run["started_at"], utc=True, errors="coerce")
     parts = []
     for _, group in per_run.groupby("case_id", sort=False):
+        bands = rolling_bands(group["value"].tolist(), group["fingerprint"].tolist())
+        group = group.assign(
+            band_low=[b.low if b else None for b in bands],
+            band_high=[b.high if b else None for b in bands],
+        )
         group = group.tail(last) if last else group
         flags = [False] * len(group)
         for k in change_points(group["value"].tolist(), metric):
             flags[k] = True
         parts.append(group.assign(change_point=flags))
     frame = pd.concat(parts, ignore_index=True)
-    return Trend(
-        metric,
-        frame[["run_id", "started_at", "fingerprint", "case_id", "label", "value", "change_point"]],
-    )
+    return Trend(metric, frame[[*TREND_COLUMNS]])
+
+
+TREND_COLUMNS = (
+    "run_id",
+    "started_at",
+    "fingerprint",
+    "case_id",
+    "label",
+    "value",
+    "band_low",
+    "band_high",
+    "change_point",
+)
+
+
+def rolling_bands(values: Sequence[float], fingerprints: Sequence[str | None]) -> list[Band | None]:
+    """At each run, the noise band the gate would have judged it by: the history band of the
+    ``HISTORY_RUNS`` runs before it with the same fingerprint (None while there are too few)."""
+    bands: list[Band | None] = []
+    for k, fp in enumerate(fingerprints):
+        before = [v for v, f in zip(values[:k], fingerprints[:k], strict=True) if f == fp]
+        bands.append(history_band(before[-HISTORY_RUNS:]))
+    return bands
 
 
 # --------------------------------------------------------------------------- resolving runs

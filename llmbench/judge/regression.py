@@ -18,6 +18,7 @@ from rich.markup import escape
 from llmbench.errors import ExitCode, UserError
 from llmbench.judge.compare import Comparison, compare_runs, no_baseline
 from llmbench.judge.history import History, history_next_to, resolve_run
+from llmbench.judge.noise import HISTORY_RUNS
 from llmbench.judge.runs import Run, read_run
 from llmbench.judge.store import RunDir
 from llmbench.judge.thresholds import Thresholds
@@ -36,8 +37,9 @@ class CompareOptions:
     threshold_options: tuple[str, ...] = ()
     thresholds_file: Path | None = None
     metrics: tuple[str, ...] = ()
-    alpha: float | None = None
     allow_env_mismatch: bool = False
+    allow_missing: bool = False
+    """Accept cases or metrics of the baseline that the current run lacks (otherwise exit 2)."""
 
 
 def resolve_baseline(ref: str, current: Run, history: History | None) -> Run | str:
@@ -62,6 +64,24 @@ def resolve_baseline(ref: str, current: Run, history: History | None) -> Run | s
     return history.load(row.run_id) or f"{row.run_id} vanished from {history.path}"
 
 
+def noise_history(current: Run, baseline: Run, history: History | None) -> list[Run]:
+    """The good runs before ``current`` of its scenario and fingerprint, oldest first: the
+    metric histories whose spread is the noise band (compare.py). Empty without a history."""
+    if history is None or not history.path.exists():
+        return []
+    rows = history.good_runs(
+        current.scenario_name or baseline.scenario_name,
+        current.fingerprint,
+        exclude=current.run_id,
+        before=current.started_at,
+        limit=HISTORY_RUNS,
+    )
+    loaded = [
+        baseline if row.run_id == baseline.run_id else history.load(row.run_id) for row in rows
+    ]
+    return [run for run in reversed(loaded) if run is not None]
+
+
 def judge(
     options: CompareOptions, current: Run, history: History | None
 ) -> tuple[Comparison, Run | None]:
@@ -73,15 +93,15 @@ def judge(
         current.scenario_name or baseline.scenario_name,
         options.thresholds_file,
         options.threshold_options,
+        allow_missing=options.allow_missing,
     )
-    kwargs = {"alpha": options.alpha} if options.alpha is not None else {}
     comparison = compare_runs(
         baseline,
         current,
         thresholds,
         options.metrics,
         allow_env_mismatch=options.allow_env_mismatch,
-        **kwargs,
+        history=noise_history(current, baseline, history),
     )
     return comparison, baseline
 
@@ -150,7 +170,10 @@ def compare_finished_run(
     write_outputs(comparison, out / "summary.md", out / "junit.xml", out / "verdicts.json")
     shown = [current] if baseline is None else [baseline, current]
     frame = runs_frame(shown)
-    (out / "report.html").write_text(html.report(shown, frame, build_pivot(frame)))
+    if not frame.empty:  # a run that stored nothing has no report, only its verdict
+        (out / "report.html").write_text(
+            html.report(shown, frame, build_pivot(frame), verdicts.html_section(comparison))
+        )
     console.print(verdicts.terminal(comparison))
     console.print(f"compare outputs: {out}", highlight=False, markup=False)
     if history is not None:

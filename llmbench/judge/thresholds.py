@@ -152,35 +152,62 @@ def parse_option(text: str) -> tuple[str, Threshold | None]:
     return metric.strip(), parse_spec(metric.strip(), spec, "--threshold")
 
 
+ALLOW_MISSING = "allow_missing"
+"""Thresholds-file key: patterns of what may be missing from the current run without failing."""
+
+
 @dataclass
 class Thresholds:
     """Built-in defaults, overridden per scenario by a file, then per metric on the command line."""
 
     overrides: dict[str, Threshold | None] = field(default_factory=dict)
+    allow_missing: tuple[str, ...] = ()
+    """Glob patterns over metric names, case ids and labels (``status``: a whole case); ``*``: all."""
 
     def for_metric(self, metric: str) -> Threshold | None:
         if metric in self.overrides:
             return self.overrides[metric]
         return default_threshold(metric)
 
+    def missing_allowed(self, case_id: str, label: str, metric: str) -> bool:
+        """Whether the user accepted this case's ``metric`` (or ``status``) being missing."""
+        return any(
+            fnmatch.fnmatchcase(name, pattern)
+            for pattern in self.allow_missing
+            for name in (case_id, label, metric)
+        )
+
     @classmethod
     def build(
-        cls, scenario: str, file: Path | None = None, options: Sequence[str] = ()
+        cls,
+        scenario: str,
+        file: Path | None = None,
+        options: Sequence[str] = (),
+        allow_missing: bool = False,
     ) -> Thresholds:
         overrides: dict[str, Threshold | None] = {}
+        patterns: list[str] = ["*"] if allow_missing else []
         if file is not None:
-            overrides.update(read_thresholds_file(file, scenario))
+            found, allowed = read_thresholds_file(file, scenario)
+            overrides.update(found)
+            patterns += allowed
         overrides.update(parse_option(o) for o in options)
-        return cls(overrides)
+        return cls(overrides, tuple(patterns))
 
 
-def read_thresholds_file(path: Path, scenario: str) -> dict[str, Threshold | None]:
-    """Thresholds for one scenario from YAML: ``"*"`` for every scenario, then by name.
+def read_thresholds_file(
+    path: Path, scenario: str
+) -> tuple[dict[str, Threshold | None], list[str]]:
+    """Thresholds for one scenario from YAML (``"*"`` for every scenario, then by name),
+    and the patterns of what may be missing (``allow_missing``: a list, or one pattern).
 
     .. code-block:: yaml
 
         "*": {tokens_per_s: -5%}
-        nightly: {tokens_per_s: -3%, peak_memory_bytes: "+1%,+128MiB"}
+        nightly:
+          tokens_per_s: -3%
+          peak_memory_bytes: "+1%,+128MiB"
+          allow_missing: [energy_j_per_step, "gpt2-tiny z3*"]
     """
     try:
         root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
@@ -191,7 +218,7 @@ def read_thresholds_file(path: Path, scenario: str) -> dict[str, Threshold | Non
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
     if root is None:
-        return {}
+        return {}, []
 
     def where(node: yaml.Node) -> str:
         return f"{path}:{node.start_mark.line + 1}"
@@ -206,9 +233,24 @@ def read_thresholds_file(path: Path, scenario: str) -> dict[str, Threshold | Non
             )
         sections[str(key.value)] = value
     found: dict[str, Threshold | None] = {}
+    allowed: list[str] = []
     for name in ("*", scenario):
         for key, value in sections[name].value if name in sections else []:
-            if not isinstance(value, yaml.ScalarNode):
+            if key.value == ALLOW_MISSING:
+                allowed += _patterns(value, where(value))
+            elif not isinstance(value, yaml.ScalarNode):
                 raise UserError("expected a threshold like -5%", where=where(value), key=key.value)
-            found[str(key.value)] = parse_spec(str(key.value), value.value, where(value))
-    return found
+            else:
+                found[str(key.value)] = parse_spec(str(key.value), value.value, where(value))
+    return found, allowed
+
+
+def _patterns(node: yaml.Node, where: str) -> list[str]:
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    if not all(isinstance(i, yaml.ScalarNode) and str(i.value).strip() for i in items):
+        raise UserError(
+            "expected a pattern or a list of patterns (metric, case id or label)",
+            where=where,
+            key=ALLOW_MISSING,
+        )
+    return [str(i.value).strip() for i in items]

@@ -135,14 +135,15 @@ def _read_timeline_chart(path: Path, title: str) -> bytes | None:
     return plots.timeline_chart(timeline, title)
 
 
-def report(runs: Sequence[Run], frame: pd.DataFrame, pivot: Pivot) -> str:
-    """The whole report as one HTML document."""
+def report(runs: Sequence[Run], frame: pd.DataFrame, pivot: Pivot, verdicts: str = "") -> str:
+    """The whole report as one HTML document (``verdicts``: a comparison's section, first)."""
     scenarios = sorted({r.scenario_name for r in runs if r.scenario_name})
     title = f"llmbench report: {', '.join(scenarios) or 'results'}"
     cap_bytes, cap_label = capacity(runs)
     parts = [
         f"<h1>{_e(title)}</h1>",
         "<p>Runs: " + ", ".join(_e(r.run_id) for r in runs) + "</p>",
+        verdicts,
         _pivot(pivot),
         "<h2>Throughput by configuration</h2>",
         _image(plots.throughput_chart(frame), "throughput", "No case measured a throughput."),

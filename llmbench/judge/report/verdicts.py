@@ -1,4 +1,7 @@
-"""Renderings of a comparison: terminal table, Markdown summary, JUnit XML, JSON.
+"""Renderings of a comparison: terminal table, Markdown summary, JUnit XML, JSON, HTML.
+
+Every rendering shows each metric's noise band next to its change, so a
+reader sees why a change is, or is not, a regression.
 
 The Markdown summary is sized for a CI step summary (GitHub caps one at
 1 MiB): rows are added worst first until the budget is spent, then a line
@@ -8,6 +11,7 @@ dashboards show which figure of which case regressed.
 
 from __future__ import annotations
 
+import html
 import json
 import xml.etree.ElementTree as ET
 
@@ -18,6 +22,7 @@ from rich.text import Text
 
 from llmbench.judge.attribution import attribute
 from llmbench.judge.compare import Comparison, Verdict
+from llmbench.judge.noise import HISTORY_RUNS, NOISE_Z
 from llmbench.judge.report import markdown
 from llmbench.judge.report.tables import format_metric
 
@@ -29,13 +34,23 @@ TERMINAL_MAX_ROWS = 200
 STYLE = {
     "regression": "bold red",
     "failed": "bold red",
+    "missing": "bold magenta",
     "noisy": "yellow",
-    "missing": "magenta",
     "new": "cyan",
     "improvement": "green",
     "unchanged": "dim",
 }
-HEADER = ["case", "metric", "verdict", "baseline", "current", "change", "threshold", "p", "detail"]
+HEADER = [
+    "case",
+    "metric",
+    "verdict",
+    "baseline",
+    "current",
+    "change",
+    "threshold",
+    "noise band",
+    "detail",
+]
 NUMERIC = {3, 4, 5, 7}
 
 
@@ -47,16 +62,34 @@ def _change(v: Verdict) -> str:
     return ""
 
 
+def band_text(v: Verdict) -> str:
+    """The noise band as changes from the baseline (comparable with the change column)."""
+    band = v.band
+    if band is None:
+        return ""
+    base = v.baseline if isinstance(v.baseline, (int, float)) else None
+    if base:
+        low, high = ((edge - base) / abs(base) * 100 for edge in (band.low, band.high))
+        text = f"{low:+.1f} … {high:+.1f} %"
+    else:
+        text = f"{format_metric(v.metric, band.low)} … {format_metric(v.metric, band.high)}"
+    return f"{text} ({band.source})"
+
+
+def _allowed(v: Verdict) -> str:
+    return "allowed" if v.verdict == "missing" and v.allowed else ""
+
+
 def _cells(v: Verdict) -> list[str]:
     return [
         v.label,
         v.metric,
-        v.verdict,
+        v.verdict + (" (allowed)" if _allowed(v) else ""),
         format_metric(v.metric, v.baseline),
         format_metric(v.metric, v.current),
         _change(v),
         v.threshold or "",
-        "" if v.p_value is None else f"{v.p_value:.2g}",
+        band_text(v),
         v.detail,
     ]
 
@@ -76,9 +109,15 @@ def _shown(comparison: Comparison) -> tuple[list[Verdict], str]:
 
 def method_text(comparison: Comparison) -> str:
     return (
-        f"changed = beyond threshold and two-sided Mann-Whitney U p < {comparison.alpha:g} "
-        "(per-repeat values, else per-step times)"
+        f"changed = beyond the threshold and outside the noise band (±{NOISE_Z:g} robust SD of "
+        f"the last ≤ {HISTORY_RUNS} good runs, and/or ±{NOISE_Z:g} SD of the repeats' "
+        "per-process values)"
     )
+
+
+def notes(comparison: Comparison) -> list[str]:
+    """Warnings and quality flags every rendering carries."""
+    return [*comparison.warnings, *(f"disturbed run: {d}" for d in comparison.disturbed)]
 
 
 def terminal(comparison: Comparison) -> Group:
@@ -94,6 +133,7 @@ def terminal(comparison: Comparison) -> Group:
                 border_style="bold red",
             )
         )
+    parts += [Text(f"warning: {n}", style="yellow") for n in notes(comparison)]
     if comparison.baseline_id is None and not comparison.verdicts:
         return Group(*parts)
     table = Table(
@@ -135,6 +175,8 @@ def summary_markdown(comparison: Comparison) -> str:
             *[f"> - {markdown.escape(d)}" for d in comparison.env_differences],
             "",
         ]
+    lines += [f"> **Warning:** {markdown.escape(n)}" for n in notes(comparison)]
+    lines += [""] if notes(comparison) else []
     if comparison.baseline_id is None and not comparison.verdicts:
         return "\n".join(lines)
     counts = {k: n for k, n in comparison.counts().items() if n}
@@ -163,16 +205,22 @@ def junit_xml(comparison: Comparison) -> str:
         name=f"llmbench compare {comparison.scenario}".strip(),
         tests=str(len(comparison.verdicts) + (comparison.baseline_id is None)),
         failures=str(counts["regression"]),
-        errors=str(counts["failed"]),
-        skipped=str(counts["new"] + counts["missing"] + (comparison.baseline_id is None)),
+        errors=str(counts["failed"] + len(comparison.missing)),
+        skipped=str(
+            counts["new"]
+            + counts["missing"]
+            - len(comparison.missing)
+            + (comparison.baseline_id is None)
+        ),
     )
     properties = ET.SubElement(suite, "properties")
     for name, value in (
         ("baseline", comparison.baseline_id or ""),
         ("current", comparison.current_id),
-        ("alpha", f"{comparison.alpha:g}"),
+        ("method", method_text(comparison)),
         ("verdict", comparison.headline),
         *[("env_difference", d) for d in comparison.env_differences],
+        *[("warning", n) for n in notes(comparison)],
     ):
         ET.SubElement(properties, "property", name=name, value=value)
     if comparison.baseline_id is None:
@@ -188,15 +236,16 @@ def junit_xml(comparison: Comparison) -> str:
                 v.verdict,
                 _change(v),
                 f"(threshold {v.threshold})" if v.threshold else "",
-                f"p={v.p_value:.3g}" if v.p_value is not None else "",
+                f"noise band {band_text(v)}" if v.band is not None else "",
+                _allowed(v),
                 v.detail,
             )
             if part
         )
         if v.verdict == "regression":
             ET.SubElement(case, "failure", message=message, type="regression").text = message
-        elif v.verdict == "failed":
-            ET.SubElement(case, "error", message=message, type="failed").text = message
+        elif v.verdict == "failed" or (v.verdict == "missing" and not v.allowed):
+            ET.SubElement(case, "error", message=message, type=v.verdict).text = message
         elif v.verdict in ("new", "missing"):
             ET.SubElement(case, "skipped", message=message)
         else:
@@ -214,13 +263,15 @@ def to_json(comparison: Comparison) -> str:
                 "baseline": comparison.baseline_id,
                 "current": comparison.current_id,
                 "scenario": comparison.scenario,
-                "alpha": comparison.alpha,
                 "method": method_text(comparison),
                 "headline": comparison.headline,
                 "exit_code": comparison.exit_code,
                 "counts": comparison.counts(),
                 "env_differences": comparison.env_differences,
                 "errored": comparison.errored,
+                "missing": len(comparison.missing),
+                "warnings": comparison.warnings,
+                "disturbed": comparison.disturbed,
                 "note": comparison.note,
                 # vars(): a flat record; asdict's deep copy costs seconds on 30,000 rows
                 "verdicts": [vars(v) for v in comparison.sorted_verdicts()],
@@ -233,3 +284,25 @@ def to_json(comparison: Comparison) -> str:
         )
         + "\n"
     )
+
+
+def html_section(comparison: Comparison) -> str:
+    """The comparison for the HTML report: headline, notes, and every non-unchanged row."""
+    rows = [v for v in comparison.sorted_verdicts() if v.verdict != "unchanged"]
+    unchanged = len(comparison.verdicts) - len(rows)
+    parts = [
+        f"<h2>Comparison: {html.escape(comparison.headline)}</h2>",
+        f"<p>Baseline {html.escape(comparison.baseline_id or 'none')} → current "
+        f"{html.escape(comparison.current_id)}. {html.escape(method_text(comparison))}.</p>",
+        *[f"<p><strong>Warning:</strong> {html.escape(n)}</p>" for n in notes(comparison)],
+    ]
+    if rows:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(v)) + "</tr>"
+            for v in rows
+        )
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    if unchanged:
+        parts.append(f"<p>{unchanged} unchanged metric(s) not listed (see verdicts.json).</p>")
+    return "\n".join(parts)

@@ -1,0 +1,84 @@
+"""Noise bands: how far a metric moves between runs of unchanged code, measured.
+
+The regression gate (compare.py) and the history's trend (history.py) judge a
+value against these bands rather than against the scatter of one run's steps
+(see compare.py for why). Each band is a plain interval in the metric's unit,
+with the source it was measured from, so every output can show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+NOISE_Z = 4.0
+"""Half-width of the noise band in (robust) standard deviations: the change-point detector's Z."""
+MIN_HISTORY = 5
+"""Good earlier runs of a case needed before its history gives a band."""
+HISTORY_RUNS = 10
+"""How many of the latest good runs make the history band (a window: old levels age out)."""
+MIN_REPEATS = 2
+"""Processes per run needed, on both sides, before repeats give a band."""
+SCATTER_FACTOR = 2.0
+"""A run whose steps scatter this many times more than the baseline's is flagged as disturbed."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """Where a metric's value falls between runs of unchanged code."""
+
+    low: float
+    high: float
+    source: str
+    """How it was measured, e.g. ``history of 8 runs`` or ``repeats 3+3``."""
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def robust_sd(values: np.ndarray) -> float:
+    """1.4826 × the median absolute deviation: a standard deviation one wild value cannot inflate."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def history_band(values: Sequence[float]) -> Band | None:
+    """The band of a metric's earlier good runs (one value per run), or None with too few."""
+    if len(values) < MIN_HISTORY:
+        return None
+    arr = np.asarray(values, dtype=float)
+    centre, half = float(np.median(arr)), NOISE_Z * robust_sd(arr)
+    return Band(centre - half, centre + half, f"history of {len(arr)} runs")
+
+
+def repeats_band(baseline: Sequence[float], current: Sequence[float]) -> Band | None:
+    """The band of per-process values: baseline ± NOISE_Z pooled standard deviations."""
+    if min(len(baseline), len(current)) < MIN_REPEATS:
+        return None
+    b, c = np.asarray(baseline, dtype=float), np.asarray(current, dtype=float)
+    residuals = np.concatenate([b - b.mean(), c - c.mean()])
+    sd = float(np.sqrt((residuals**2).sum() / (len(residuals) - 2)))
+    centre = float(np.median(b))
+    return Band(centre - NOISE_Z * sd, centre + NOISE_Z * sd, f"repeats {len(b)}+{len(c)}")
+
+
+def noise_band(bands: Iterable[Band | None]) -> Band | None:
+    """The widest extent of the bands measured (a change must clear every one)."""
+    found = [b for b in bands if b is not None]
+    if not found:
+        return None
+    return Band(
+        min(b.low for b in found), max(b.high for b in found), " and ".join(b.source for b in found)
+    )
+
+
+def step_scatter(step_times: Iterable[Sequence[float]]) -> float | None:
+    """A run's own step scatter: (p90 − p10) / median of each process's steps, median over processes."""
+    spreads = []
+    for steps in step_times:
+        if len(steps) >= 3:
+            p10, p50, p90 = np.percentile(np.asarray(steps, dtype=float), [10, 50, 90])
+            if p50 > 0:
+                spreads.append((p90 - p10) / p50)
+    return float(np.median(spreads)) if spreads else None

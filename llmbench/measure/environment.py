@@ -21,7 +21,8 @@ import psutil
 from llmbench import __version__
 from llmbench.errors import UserError
 from llmbench.hardware import Accelerator
-from llmbench.judge.fingerprint import fingerprint
+from llmbench.judge.fingerprint import TEST_SLOWDOWN, fingerprint
+from llmbench.measure import slowdown
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "tokenizers", "nvidia-ml-py", "pandas", "numpy")
 
@@ -85,6 +86,7 @@ def collect(accel: Accelerator) -> dict[str, Any]:
         **libs,
     }
     env["fingerprint"] = fingerprint(env)
+    env[TEST_SLOWDOWN] = slowdown.fraction()  # test-only hook; compare warns when it is set
     return env
 
 

@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from llmbench.measure import slowdown
 from llmbench.measure.profile import StepProfiler, make_profiler
 from llmbench.measure.record import RankRecord, RankTask
 
@@ -191,10 +192,12 @@ def _timed(
     phase("measure")
     profiler.begin()
     outputs = []
+    injected = slowdown.fraction()  # test-only (bench/gate_quality.py); None in real runs
     for _ in range(training.steps):
         t0 = time.perf_counter()
         out = fn()
         accel.synchronize()
+        slowdown.sleep_after(time.perf_counter() - t0, injected)
         record.step_times_s.append(time.perf_counter() - t0)
         outputs.append(out)
         profiler.after_step()

@@ -13,7 +13,8 @@ from golden_runs import DATA, copy_run, runs
 
 from llmbench.cli import cli
 from llmbench.errors import UserError
-from llmbench.judge.history import History, change_points, resolve_run, trend
+from llmbench.judge.history import History, change_points, resolve_run, rolling_bands, trend
+from llmbench.judge.noise import MIN_HISTORY, history_band
 from llmbench.judge.runs import read_run
 
 NIGHTLY = runs("nightly")
@@ -151,6 +152,25 @@ def test_errored_runs_stay_out_of_trends_and_baselines(tmp_path):
     assert good.run_id == HISTORY[-2].name
 
 
+def test_trend_carries_the_band_each_run_was_judged_by(tmp_path):
+    history = History(tmp_path / "h.sqlite")
+    history.index_paths([DATA / "levels"])
+    frame = trend(history, "step_time_s_median").frame
+    values = frame["value"].tolist()
+    # no band until MIN_HISTORY earlier runs; then the band of exactly the runs before
+    assert frame["band_low"].isna().tolist() == [i < MIN_HISTORY for i in range(len(LEVELS))]
+    for k in range(MIN_HISTORY, len(LEVELS)):
+        band = history_band(values[:k])
+        assert (frame["band_low"][k], frame["band_high"][k]) == pytest.approx((band.low, band.high))
+
+
+def test_rolling_bands_only_use_runs_of_the_same_environment():
+    values = [1.0, 1.1, 0.9, 1.0, 1.05, 5.0, 5.1, 1.0]
+    bands = rolling_bands(values, ["a"] * 5 + ["b", "b", "a"])
+    assert bands[:5] == [None] * 5 and bands[5] is None and bands[6] is None
+    assert bands[7] == history_band(values[:5])
+
+
 def test_no_change_point_in_a_flat_series():
     values = [100.0, 103.0, 98.0, 101.0, 99.0, 102.0, 100.0, 97.0]
     assert change_points(values, "tokens_per_s") == []
@@ -171,12 +191,17 @@ def test_cli_index_trend_plot_and_runs(tmp_path, cli_runner):
     out = cli_runner.invoke(cli, ["history", "--history", db, "--plot", str(plot)])
     assert out.exit_code == 0, out.output
     assert "tokens_per_s over runs" in out.output and "change point" in out.output
+    assert "noise band" in out.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = cli_runner.invoke(
         cli, ["history", "--history", db, "--metric", "peak_memory_bytes", "--format", "json"]
     )
     rows = json.loads(out.output)
-    assert out.exit_code == 0 and rows and {"run_id", "value", "change_point"} <= set(rows[0])
+    assert (
+        out.exit_code == 0
+        and rows
+        and {"run_id", "value", "band_low", "change_point"} <= set(rows[0])
+    )
     out = cli_runner.invoke(cli, ["history", "--history", db, "--runs"], terminal_width=200)
     assert out.exit_code == 0 and LEVELS[-1].name in out.output
     out = cli_runner.invoke(cli, ["history", "--history", db, "--metric", "no_such_metric"])

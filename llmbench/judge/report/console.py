@@ -144,14 +144,17 @@ def text_table(source: TextTable, max_rows: int = MAX_ROWS) -> Table:
 def trend_table(trend: Trend) -> Table:
     """A metric per case over runs, oldest first; change points marked."""
     from llmbench.judge.history import Z
+    from llmbench.judge.noise import HISTORY_RUNS, MIN_HISTORY, NOISE_Z
 
     caption = (
-        f"change point: a level shift beyond the compare threshold and {Z:g} robust σ "
-        "(rolling median, MAD scale)"
+        f"noise band: median ± {NOISE_Z:g} robust σ of up to {HISTORY_RUNS} earlier runs "
+        f"(≥ {MIN_HISTORY}), what the gate judges a run by; change point: a level shift beyond "
+        f"the compare threshold and {Z:g} robust σ (rolling median, MAD scale)"
     )
     table = Table(title=Text(f"{trend.metric} over runs"), header_style="bold", caption=caption)
-    for name in ("case", "run", "started", "fingerprint", trend.metric, "vs previous", ""):
-        table.add_column(name, justify="right" if name in (trend.metric, "vs previous") else "left")
+    numeric = (trend.metric, "noise band", "vs previous")
+    for name in ("case", "run", "started", "fingerprint", *numeric, ""):
+        table.add_column(name, justify="right" if name in numeric else "left")
     for _, group in trend.frame.groupby("case_id", sort=False):
         previous = None
         for i, row in enumerate(group.to_dict("records")):
@@ -163,6 +166,7 @@ def trend_table(trend: Trend) -> Table:
                 started.strftime("%Y-%m-%d %H:%M") if not pd.isna(started) else "–",
                 str(row["fingerprint"]),
                 format_metric(trend.metric, row["value"]),
+                _band(trend.metric, row.get("band_low"), row.get("band_high")),
                 change,
             ]
             mark = Text("◆ change point", style="bold yellow") if row["change_point"] else ""
@@ -170,6 +174,12 @@ def trend_table(trend: Trend) -> Table:
             previous = row["value"]
         table.add_section()
     return table
+
+
+def _band(metric: str, low: float | None, high: float | None) -> str:
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return ""
+    return f"{format_metric(metric, low)} – {format_metric(metric, high)}"
 
 
 def runs_table(rows: Sequence[RunRow]) -> Table:

@@ -215,10 +215,13 @@ def _shade_phases(ax: Axes, times: pd.Series, phases: pd.Series) -> None:
 def history_chart(
     series: pd.DataFrame, metric: str, change_points: Sequence[tuple[str, str]]
 ) -> bytes:
-    """One line per case over the runs; change points circled.
+    """One line per case over the runs, its noise band shaded; change points circled.
 
-    ``series`` has columns ``label``, ``case_id``, ``run_id``, ``started_at`` and
-    ``value``; ``change_points`` holds (case id, run id) of each detected shift.
+    ``series`` has columns ``label``, ``case_id``, ``run_id``, ``started_at``,
+    ``value`` and (when known) ``band_low`` / ``band_high``: the band the gate
+    judged each run by, so a point outside the shading is one it would flag
+    (if also past the threshold). ``change_points`` holds (case id, run id) of
+    each detected shift.
     """
     fig = _figure(9, 4.5)
     ax = fig.subplots()
@@ -227,6 +230,16 @@ def history_chart(
         group = group.sort_values("started_at", kind="stable")
         x = list(range(len(group))) if group["started_at"].isna().any() else group["started_at"]
         line = ax.plot(x, group["value"], marker=".", label=str(label))[0]
+        if "band_low" in group and group["band_low"].notna().any():
+            ax.fill_between(
+                x,
+                group["band_low"].astype(float),
+                group["band_high"].astype(float),
+                color=line.get_color(),
+                alpha=0.15,
+                step="mid",
+                linewidth=0,
+            )
         hit = [(case_id, r) in marks for r in group["run_id"]]
         if any(hit):
             ax.scatter(
@@ -241,7 +254,9 @@ def history_chart(
     ax.set_ylabel(metric)
     if metric.endswith("_bytes"):
         _bytes_ticks(ax.yaxis)
-    ax.set_title(f"{metric} over runs (circles: change points)")
+    ax.set_title(
+        f"{metric} over runs (shaded: noise band of the runs before; circles: change points)"
+    )
     if series["case_id"].nunique() <= 12:
         ax.legend(fontsize="small")
     fig.autofmt_xdate()

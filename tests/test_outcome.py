@@ -71,6 +71,16 @@ def test_a_rank_killed_without_a_record(tmp_path):
     assert status == "error" and reason.endswith("ValueError: bad thing happened")
 
 
+def test_a_killed_rank_beats_its_peers_lost_connection(tmp_path):
+    """A rank killed on another node leaves no record; its peer records only the echo."""
+    (tmp_path / "leader.json").write_text(json.dumps({"exit_codes": {"0": 1, "1": -15}}))
+    echo = "[gloo/transport/tcp/pair.cc:537] Read error [10.0.0.3]:33449: Connection reset by peer"
+    records = [rec(0, "error", "RuntimeError", echo), None]
+    assert classify(tmp_path, records, False, 10, None) == ("error", "rank 1 died from SIGTERM")
+    (tmp_path / "leader.json").write_text(json.dumps({"exit_codes": {"0": 1, "1": 1}}))
+    assert classify(tmp_path, records, False, 10, None)[1].startswith("rank 0: RuntimeError")
+
+
 def test_all_ok(tmp_path):
     assert classify(tmp_path, [rec(0), rec(1)], False, 10, None) == ("ok", None)
 

@@ -100,13 +100,16 @@ def classify(
         "reason"
     ):  # a scheduler's verdict, e.g. SLURM's OOM kill
         return leader["status"], _clip(leader["reason"])
+    codes = leader.get("exit_codes", {})
+    signalled = [r for r, rec in enumerate(records) if rec is None and codes.get(str(r), 0) < 0]
     if failed:
         first = min(failed, key=_priority)
-        return classify_error(first.error_type, first.error), _reason(first)
+        # a peer's lost connection is the echo of a rank killed before it could write a record
+        if not (signalled and _priority(first)[0] == 2):
+            return classify_error(first.error_type, first.error), _reason(first)
     missing = [rank for rank, r in enumerate(records) if r is None]
     if not missing:
         return "ok", None
-    codes = leader.get("exit_codes", {})
     # a rank the kernel killed explains its peers' deaths better than the lowest rank number
     rank = next((r for r in missing if codes.get(str(r)) == -signal.SIGKILL), missing[0])
     code = codes.get(str(rank))

@@ -9,13 +9,18 @@ time on its own.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from llmbench.define.cases import Case
+from llmbench.measure.process import die_with_parent
 
 
 def ops_for(cases: Iterable[Case], device: str) -> list[str]:
@@ -28,16 +33,67 @@ def ops_for(cases: Iterable[Case], device: str) -> list[str]:
     return names
 
 
+def stale_locks(root: Path) -> list[Path]:
+    """torch's extension build locks under ``root`` whose owner is gone.
+
+    torch (``FileBaton``) creates ``<root>/<op>/lock`` and holds it open while
+    it builds; every other process waits, forever, until the file goes away.
+    A builder killed mid-build (kill -9 of the sweep) leaves it behind, so
+    each later sweep waited out its op-build timeout and then hung its first
+    case. A lock no live process holds open has no owner.
+    """
+    locks = [p for p in root.glob("*/lock")] + [p for p in root.glob("*/*/lock")]
+    if not locks:
+        return []
+    import psutil
+
+    held: set[str] = set()
+    for proc in psutil.process_iter():
+        try:
+            held.update(f.path for f in proc.open_files())
+        except (psutil.Error, OSError):  # another user's process, or one that just ended
+            continue
+    return [lock for lock in locks if str(lock) not in held and str(lock.resolve()) not in held]
+
+
+def clear_stale_locks(root: Path) -> None:
+    """Remove stale build locks (see :func:`stale_locks`), one line on stderr for each."""
+    for lock in stale_locks(root):
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+            print(
+                f"llmbench: removed {lock}, a torch extension build lock whose owner is gone "
+                "(an interrupted op build)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def build_ops(names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Load (building if needed) each op; seconds per op, or the error that stopped it."""
+    """Load (building if needed) each op; seconds per op, or the error that stopped it.
+
+    Builders serialise on an flock of their own beside torch's locks: while
+    one is held no other llmbench builds, so any torch lock no process holds
+    is stale and is cleared before building.
+    """
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import get_default_build_root
 
-    accel = get_accelerator()
+    root = Path(get_default_build_root())
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "llmbench-build.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # released when this process ends, however it ends
+        clear_stale_locks(root)
+        return _load_ops(names, get_accelerator(), deepspeed.ops)
+
+
+def _load_ops(names: Iterable[str], accel: Any, ops: Any) -> dict[str, dict[str, Any]]:
+
     report: dict[str, dict[str, Any]] = {}
     for name in names:
         builder = accel.create_op_builder(name)
-        if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        if builder is None or not ops.__compatible_ops__.get(builder.NAME, False):
             report[name] = {"seconds": None, "error": "not available for this accelerator"}
             continue
         t0 = time.perf_counter()
@@ -80,6 +136,14 @@ def optimizer_fallback(report: dict[str, dict[str, Any]]) -> str | None:
 def build_ops_to_file(names: list[str], path: str) -> None:
     with open(path, "w") as fh:
         json.dump(build_ops(names), fh)
+
+
+def build_ops_in_own_group(names: list[str], path: str) -> None:
+    """Body of a builder process: its own process group, so a timeout kills ninja and c++ too."""
+    if os.getpgid(0) != os.getpid():
+        os.setsid()
+    die_with_parent()
+    build_ops_to_file(names, path)
 
 
 if __name__ == "__main__":

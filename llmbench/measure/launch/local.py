@@ -27,12 +27,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from llmbench.measure.launch.base import CaseProcess, Launcher
 from llmbench.measure.process import die_with_parent, kill_group
 
 FAIL_GRACE_S = 5.0
 PRELOAD = [
+    # first: a fork server whose parent dies exits at once, whatever it is importing
+    "llmbench.measure.launch.watchdog",
     "torch",
     "transformers",
     "deepspeed",
@@ -149,6 +152,24 @@ def _spawn_rank(case_dir: str, rank: int, env: dict[str, str]) -> int:
     return os.posix_spawn(sys.executable, argv, {**os.environ, **env}, file_actions=actions)
 
 
+def run_in_own_group(argv: list[str], stdout: IO[str], timeout_s: float) -> int | None:
+    """Run ``argv`` in a new session; on timeout kill its whole group (compilers included).
+
+    None when it timed out. ``subprocess.run(timeout=)`` kills only the child,
+    leaving the ninja and c++ it started running and holding torch's build lock.
+    """
+    popen = subprocess.Popen(argv, stdout=stdout, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return popen.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(popen.pid)
+        popen.wait()
+        return None
+    except BaseException:
+        kill_group(popen.pid)
+        raise
+
+
 def _group(leader: int, poll: Callable[[], int | None]) -> CaseProcess:
     """The leader called setsid, so its pid names the process group of every rank."""
     return CaseProcess(poll_fn=poll, kill_fn=lambda: kill_group(leader), pid=leader)
@@ -185,22 +206,19 @@ class LocalLauncher(Launcher):
         return _group(popen.pid, popen.poll)
 
     def build_ops(self, names: list[str], out: Path, timeout_s: float) -> dict:
-        from llmbench.measure.ops import build_ops_to_file
+        from llmbench.measure.ops import build_ops_in_own_group
 
         if self._ctx is not None:
-            proc = self._ctx.Process(target=build_ops_to_file, args=(names, str(out)))
+            proc = self._ctx.Process(target=build_ops_in_own_group, args=(names, str(out)))
             proc.start()
             proc.join(timeout_s)
             if proc.exitcode is None:
-                proc.kill()
+                kill_group(proc.pid)  # the builder called setsid: ninja and c++ go with it
                 proc.join()
         else:
             with out.open("w") as fh:
-                subprocess.run(
-                    [sys.executable, "-m", "llmbench.measure.ops", *names],
-                    stdout=fh,
-                    timeout=timeout_s,
-                    check=False,
+                run_in_own_group(
+                    [sys.executable, "-m", "llmbench.measure.ops", *names], fh, timeout_s
                 )
         try:
             return json.loads(out.read_text())

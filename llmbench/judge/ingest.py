@@ -4,7 +4,7 @@ Each benchmark becomes one ``ok`` case result of scenario ``bench``: its
 per-iteration round times (pytest-benchmark's ``stats.data``) are the raw
 ``step_times_s`` and its statistics come from ``metrics.step_stats``, the
 same code that summarises training steps; ``ops_per_s`` is pytest-benchmark's
-own operations per second. So ``compare`` (Mann-Whitney U on the rounds) and
+own operations per second. So ``compare`` (thresholds and noise bands) and
 ``history`` treat micro-benchmarks exactly like training cases.
 
 The run id is the benchmark session's UTC time, the file's name and a hash of

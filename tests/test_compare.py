@@ -69,7 +69,7 @@ def test_a_change_inside_the_band_is_noisy():
     wide = Band(0.0, 1.0, "history of 9 runs")
     comparison = compare_runs(read_run(T2), read_run(T1))
     step = next(v for v in comparison.verdicts if v.metric == "step_time_s_median")
-    assert wide.contains(step.current)
+    assert wide.low <= step.current <= wide.high
     threshold = Thresholds().for_metric("step_time_s_median")
     _settle(step, threshold, wide)
     assert step.verdict == "noisy" and "inside the noise band" in step.detail

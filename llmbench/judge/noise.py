@@ -34,9 +34,6 @@ class Band:
     source: str
     """How it was measured, e.g. ``history of 8 runs`` or ``repeats 3+3``."""
 
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
 
 def robust_sd(values: np.ndarray) -> float:
     """1.4826 × the median absolute deviation: a standard deviation one wild value cannot inflate."""

@@ -1,0 +1,57 @@
+"""Noise bands: the between-run spread a change must clear (llmbench/judge/noise.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmbench.judge.noise import (
+    MIN_HISTORY,
+    NOISE_Z,
+    Band,
+    history_band,
+    noise_band,
+    repeats_band,
+    robust_sd,
+    step_scatter,
+)
+
+
+def test_history_band_is_robust_to_one_wild_run():
+    calm = [100.0, 101.0, 99.0, 100.5, 99.5, 100.0]
+    band = history_band([*calm, 400.0])  # one night under a noisy neighbour
+    assert band.source == "history of 7 runs"
+    assert band.low == pytest.approx(100.0 - NOISE_Z * 1.4826 * 0.5)
+    assert band.high < 105.0  # a 5 % slowdown still clears it
+
+
+def test_history_needs_enough_runs():
+    assert history_band([1.0] * (MIN_HISTORY - 1)) is None
+    assert history_band([1.0] * MIN_HISTORY) == Band(1.0, 1.0, f"history of {MIN_HISTORY} runs")
+
+
+def test_repeats_band_pools_both_runs_spread_around_the_baseline():
+    band = repeats_band([10.0, 11.0, 12.0], [20.0, 21.0, 22.0])
+    # residuals ±1 around each mean: pooled SD sqrt(4 / 4) = 1; a level shift adds nothing
+    assert (band.low, band.high) == pytest.approx((11.0 - NOISE_Z, 11.0 + NOISE_Z))
+    assert band.source == "repeats 3+3"
+    assert repeats_band([10.0], [20.0, 21.0]) is None
+
+
+def test_the_widest_band_wins():
+    wide = noise_band([Band(1.0, 2.0, "history of 6 runs"), None, Band(1.5, 3.0, "repeats 3+3")])
+    assert wide == Band(1.0, 3.0, "history of 6 runs and repeats 3+3")
+    assert noise_band([None, None]) is None
+
+
+def test_step_scatter_is_the_median_process_spread():
+    steady, jumpy = [1.0] * 10, [1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0]
+    assert step_scatter([steady]) == 0.0
+    assert step_scatter([steady, jumpy, jumpy]) == pytest.approx(2.0)  # (p90 3 - p10 1) / 1
+    assert step_scatter([[1.0, 2.0]]) is None  # too few steps to tell
+
+
+def test_robust_sd_of_a_normal_sample_is_its_sd():
+    import numpy as np
+
+    sample = np.random.default_rng(0).normal(0.0, 2.0, 20_000)
+    assert robust_sd(sample) == pytest.approx(2.0, rel=0.03)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from llmbench.judge.noise import (
@@ -20,8 +21,21 @@ def test_history_band_is_robust_to_one_wild_run():
     calm = [100.0, 101.0, 99.0, 100.5, 99.5, 100.0]
     band = history_band([*calm, 400.0])  # one night under a noisy neighbour
     assert band.source == "history of 7 runs"
-    assert band.low == pytest.approx(100.0 - NOISE_Z * 1.4826 * 0.5)
+    logs = np.log([*calm, 400.0])
+    half = NOISE_Z * 1.4826 * np.median(np.abs(logs - np.median(logs)))
+    assert (band.low, band.high) == pytest.approx((100.0 * np.exp(-half), 100.0 * np.exp(half)))
     assert band.high < 105.0  # a 5 % slowdown still clears it
+
+
+def test_bands_of_positive_figures_are_ratios():
+    """Multiplicative noise: never a negative time, and time and throughput bands agree."""
+    times = [1.0, 2.0, 1.5, 3.0, 0.5, 2.5]  # a machine whose load swings several-fold
+    band = history_band(times)
+    assert band.low > 0
+    inverse = history_band([1 / t for t in times])
+    assert (inverse.low, inverse.high) == pytest.approx((1 / band.high, 1 / band.low))
+    signed = history_band([-1.0, 0.0, 1.0, 0.5, -0.5])  # not all positive: linear
+    assert signed.low == pytest.approx(-NOISE_Z * 1.4826 * 0.5)
 
 
 def test_history_needs_enough_runs():
@@ -30,9 +44,9 @@ def test_history_needs_enough_runs():
 
 
 def test_repeats_band_pools_both_runs_spread_around_the_baseline():
-    band = repeats_band([10.0, 11.0, 12.0], [20.0, 21.0, 22.0])
+    band = repeats_band([-1.0, 0.0, 1.0], [9.0, 10.0, 11.0])
     # residuals ±1 around each mean: pooled SD sqrt(4 / 4) = 1; a level shift adds nothing
-    assert (band.low, band.high) == pytest.approx((11.0 - NOISE_Z, 11.0 + NOISE_Z))
+    assert (band.low, band.high) == pytest.approx((-NOISE_Z, NOISE_Z))
     assert band.source == "repeats 3+3"
     assert repeats_band([10.0], [20.0, 21.0]) is None
 
@@ -51,7 +65,5 @@ def test_step_scatter_is_the_median_process_spread():
 
 
 def test_robust_sd_of_a_normal_sample_is_its_sd():
-    import numpy as np
-
     sample = np.random.default_rng(0).normal(0.0, 2.0, 20_000)
     assert robust_sd(sample) == pytest.approx(2.0, rel=0.03)

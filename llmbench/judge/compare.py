@@ -8,7 +8,8 @@ A metric has *changed* only when both hold:
    case nor 1 % of an 80 GiB device raises an alarm); and
 2. the current value lies outside the metric's **noise band**: how far the
    value moves between runs of unchanged code on this machine, measured, not
-   assumed. Two sources, the wider band winning when both exist:
+   assumed (bands of positive figures are ratios, computed on logarithms:
+   noise.py). Two sources, the wider band winning when both exist:
 
    * **history**: the case's value (median over its repeats) in the last good
      runs of the same scenario and environment fingerprint (at least

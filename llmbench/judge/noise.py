@@ -4,6 +4,12 @@ The regression gate (compare.py) and the history's trend (history.py) judge a
 value against these bands rather than against the scatter of one run's steps
 (see compare.py for why). Each band is a plain interval in the metric's unit,
 with the source it was measured from, so every output can show it.
+
+Bands of positive figures are computed on their logarithms: timing noise is
+multiplicative (a busier machine stretches every step by a factor), so the
+band is a ratio around the centre — never a negative step time — and the
+bands of step time and of throughput (its reciprocal, times a constant) say
+the same thing. Figures that can be zero or negative use the values as they are.
 """
 
 from __future__ import annotations
@@ -40,24 +46,37 @@ def robust_sd(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
+def _scale(*groups: np.ndarray) -> tuple[list[np.ndarray], bool]:
+    """The groups on the scale bands are computed on: logarithms when every value is positive."""
+    log = all((g > 0).all() for g in groups)
+    return [np.log(g) if log else g for g in groups], log
+
+
+def _band(centre: float, half: float, log: bool, source: str) -> Band:
+    if log:
+        return Band(float(np.exp(centre - half)), float(np.exp(centre + half)), source)
+    return Band(centre - half, centre + half, source)
+
+
 def history_band(values: Sequence[float]) -> Band | None:
-    """The band of a metric's earlier good runs (one value per run), or None with too few."""
+    """The band of a metric's earlier good runs (one value per run), or None with too few:
+    their median ± NOISE_Z robust standard deviations."""
     if len(values) < MIN_HISTORY:
         return None
-    arr = np.asarray(values, dtype=float)
-    centre, half = float(np.median(arr)), NOISE_Z * robust_sd(arr)
-    return Band(centre - half, centre + half, f"history of {len(arr)} runs")
+    (arr,), log = _scale(np.asarray(values, dtype=float))
+    half = NOISE_Z * robust_sd(arr)
+    return _band(float(np.median(arr)), half, log, f"history of {len(arr)} runs")
 
 
 def repeats_band(baseline: Sequence[float], current: Sequence[float]) -> Band | None:
-    """The band of per-process values: baseline ± NOISE_Z pooled standard deviations."""
+    """The band of per-process values: the baseline's median ± NOISE_Z pooled standard
+    deviations of both runs' processes around their own means."""
     if min(len(baseline), len(current)) < MIN_REPEATS:
         return None
-    b, c = np.asarray(baseline, dtype=float), np.asarray(current, dtype=float)
+    (b, c), log = _scale(np.asarray(baseline, dtype=float), np.asarray(current, dtype=float))
     residuals = np.concatenate([b - b.mean(), c - c.mean()])
     sd = float(np.sqrt((residuals**2).sum() / (len(residuals) - 2)))
-    centre = float(np.median(b))
-    return Band(centre - NOISE_Z * sd, centre + NOISE_Z * sd, f"repeats {len(b)}+{len(c)}")
+    return _band(float(np.median(b)), NOISE_Z * sd, log, f"repeats {len(b)}+{len(c)}")
 
 
 def noise_band(bands: Iterable[Band | None]) -> Band | None:

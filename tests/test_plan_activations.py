@@ -7,7 +7,13 @@ import pytest
 
 from llmbench.define.models import Dims, resolve_dims
 from llmbench.plan import activations
-from llmbench.plan.activations import PAPER, RECIPES, block_activation_bytes, saved_activation_bytes
+from llmbench.plan.activations import (
+    PAPER,
+    RECIPES,
+    block_activation_bytes,
+    dropout_probability,
+    saved_activation_bytes,
+)
 from llmbench.plan.probe import measure_activations, spec_from_overrides
 
 # GPT-3 175B's shape (Korthikanti et al. 2022, table 3): a = 96, h = 12288, s = 2048
@@ -32,6 +38,7 @@ def layers(tp=1, sp=False, ckpt=0, pp=1, grad_accum=1, layers_on_stage=1, in_fli
             np.asarray(ckpt),
             "cuda",
             False,
+            0.1,  # the paper counts dropout masks: GPT-3 trains with dropout on
         )
     )
 
@@ -73,11 +80,36 @@ def test_flash_attention_keeps_a_log_sum_exp_not_seq_squared():
     assert core == 4 * A * S * B
 
 
+def test_without_dropout_no_mask_is_kept():
+    kept = layers()
+    masks = 2 * SBH * 1 + A * S * S * B * 1  # residual masks, attention-probability mask
+    dropped = 2 * A * S * S * B  # and the dropped probabilities the next matmul keeps
+    no_dropout = block_activation_bytes(
+        PAPER, "eager", GPT3, S, B, 2, 1, 1, 1, np.asarray(False), np.asarray(0), "cuda", False, 0.0
+    )
+    assert kept - float(no_dropout) == masks + dropped
+
+
+def test_config_dropout_is_the_architectures_own():
+    # transformers' config classes: GPT2Config resid/embd/attn_pdrop 0.1, LlamaConfig 0.0
+    assert dropout_probability("gpt2", "config") == 0.1
+    assert dropout_probability("llama", "config") == 0.0
+    assert dropout_probability("gpt2", 0.0) == 0.0
+
+
+def test_flash_attention_on_a_gpu_keeps_no_dropout_mask():
+    core = activations.attention_core_bytes(PAPER, "sdpa", GPT3, S, B, 2, "cuda", 0.1)
+    assert core == 4 * A * S * B
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("checkpointing", ["none", "full"])
-def test_recipes_match_what_autograd_saves(family, attention, precision, checkpointing):
+@pytest.mark.parametrize("dropout", ["0", "0.1"])
+def test_recipes_match_what_autograd_saves(family, attention, precision, checkpointing, dropout):
+    # the model is built with the dropout the prediction is made for: 0.1 is GPT-2's
+    # own (model.dropout: config); on a CPU, SDPA with dropout runs PyTorch's math path
     spec = spec_from_overrides(
         [
             f"model.family={family}",
@@ -85,6 +117,7 @@ def test_recipes_match_what_autograd_saves(family, attention, precision, checkpo
             f"model.attn_implementation={attention}",
             f"deepspeed.precision={precision}",
             f"deepspeed.activation_checkpointing={checkpointing}",
+            f"model.dropout={dropout}",
             "training.seq_len=128",
         ]
     )
@@ -99,6 +132,7 @@ def test_recipes_match_what_autograd_saves(family, attention, precision, checkpo
         2 if precision == "bf16" else 4,
         np.asarray({"none": 0, "full": 2}[checkpointing]),
         "cpu",
+        dropout_probability(family, spec.model.dropout),
     )
     # measured on gpt2/llama mini and tiny: within 3 % (tensors of size seq or smaller are not itemised)
     assert float(predicted) == pytest.approx(measured, rel=0.03)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from llmbench.plan import published
@@ -28,7 +30,7 @@ HELD_OUT = {
     "megatron-39.1b": 0.015,
     "megatron-145.6b": 0.048,
     "megatron-529.6b": 0.028,
-    "zero-offload-10b-v100": -0.087,
+    "zero-offload-10b-v100": -0.115,
 }
 
 
@@ -56,9 +58,30 @@ def test_the_shipped_constants_are_the_fit_of_the_fit_rows():
     assert published.fit() == pytest.approx(FITTED, rel=0.01)
 
 
-def test_the_zero_offload_showcase_is_within_20_percent_of_40_tflops():
+def _showcase() -> published.Run:
     (run,) = [r for r in published.load() if r.id == "zero-offload-10b-v100"]
-    tokens = published.predict_run(run, FITTED)
+    return run
+
+
+def test_the_zero_offload_showcase_fits_at_its_published_settings():
+    # 10B GPT-2, micro-batch 10, sequence 1024, fp16, ZeRO-2 + CPU Adam, full recomputation
+    # with cpu_checkpointing, on one V100 32GB (DeepSpeedExamples' 10B ZeRO-Offload script)
+    run = _showcase()
+    row = published.plan_run(run).frame.iloc[0]
+    assert bool(row["fits"]), row["total_bytes"] / 2**30
+    assert row["max_micro_batch"] >= 10
+    # the 50 checkpointed layer inputs (2 bytes × tokens × hidden each) live in host memory
+    assert row["host_checkpoint_bytes_per_gpu"] == 50 * 2 * 10 * 1024 * 4096
+    assert row["checkpoint_transfer_s"] > 0
+    # kept on the GPU instead, they do not leave room for micro-batch 10
+    on_gpu = replace(run, cfg=run.cfg.replace(cpu_checkpointing=0))
+    row = published.plan_run(on_gpu).frame.iloc[0]
+    assert not bool(row["fits"])
+    assert row["host_checkpoint_bytes_per_gpu"] == 0
+
+
+def test_the_zero_offload_showcase_is_within_20_percent_of_40_tflops():
+    tokens = published.predict_run(_showcase(), FITTED)
     # Megatron's count with full recomputation, as the paper's 40 TFLOP/s
     layers, h, s, v = 50, 4096, 1024, 50257
     per_token = 96 * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))

@@ -18,6 +18,15 @@ def _integers(text: str, option: str) -> list[int]:
         raise UserError(f"{text!r} is not a comma list of integers", key=option) from None
 
 
+def _dropout(text: str) -> float | str:
+    if text == "config":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{text!r} is not 'config' or a probability", key="dropout") from None
+
+
 def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for pair in pairs:
@@ -32,8 +41,8 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, int]:
 @click.option("--model", help="Preset such as llama-7b or gpt2-1.5b.")
 @click.option(
     "--model-config",
-    type=click.Path(exists=True, path_type=Path),
-    help="A transformers config.json, or a folder holding one, instead of --model.",
+    help="A transformers config.json, a folder holding one, or a Hub id in the local "
+    "Hugging Face cache (never downloaded), instead of --model.",
 )
 @click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Override a dimension.")
 @click.option("--gpu", default="h100-80gb", show_default=True, help="GPU type (see hardware.py).")
@@ -48,6 +57,18 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, int]:
     "--checkpointing", default="none,selective,full", show_default=True, help="Comma list."
 )
 @click.option("--no-offload", is_flag=True, help="Leave ZeRO-Offload configurations out.")
+@click.option(
+    "--cpu-checkpointing",
+    is_flag=True,
+    help="Also plan full recomputation with its checkpoints in host memory "
+    "(DeepSpeed activation_checkpointing.cpu_checkpointing).",
+)
+@click.option(
+    "--dropout",
+    default="config",
+    show_default=True,
+    help="Dropout probability (model.dropout): 'config' keeps the architecture's own.",
+)
 @click.option("--host-memory-gb", type=float, help="Host memory per node for offload (GB).")
 @click.option(
     "--accounting",
@@ -82,7 +103,7 @@ def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, int]:
 @user_errors
 def plan_command(
     model: str | None,
-    model_config: Path | None,
+    model_config: str | None,
     dims: tuple[str, ...],
     gpu: str,
     gpus: int,
@@ -94,6 +115,8 @@ def plan_command(
     precisions: str,
     checkpointing: str,
     no_offload: bool,
+    cpu_checkpointing: bool,
+    dropout: str,
     host_memory_gb: float | None,
     accounting: str,
     tokens: float | None,
@@ -116,7 +139,7 @@ def plan_command(
         raise UserError("give --model, --model-config or --validate RUN", key="plan")
     request = Request(
         model=model,
-        model_config=str(model_config) if model_config else None,
+        model_config=model_config or None,
         dims=_key_values(dims, "dim"),
         gpu=gpu,
         gpus=gpus,
@@ -128,6 +151,8 @@ def plan_command(
         precisions=split_list(precisions) or None,
         checkpointing=split_list(checkpointing),
         offload=not no_offload,
+        cpu_checkpointing=cpu_checkpointing,
+        dropout=_dropout(dropout),
         accounting=accounting,
         tokens=tokens,
         cost_per_gpu_hour=cost_per_gpu_hour,

@@ -50,6 +50,9 @@ class Request:
     precisions: Sequence[str] | None = None
     checkpointing: Sequence[str] = ("none", "selective", "full")
     offload: bool = True
+    cpu_checkpointing: bool = False
+    dropout: float | str = "config"
+    """``model.dropout``: ``config`` (the architecture's own) or a probability in [0, 1)"""
     accounting: str = "llmbench"
     tokens: float | None = None
     cost_per_gpu_hour: float | None = None
@@ -92,6 +95,12 @@ def _check_choices(request: Request) -> None:
                 f"choose from {', '.join(allowed)}",
                 key=key,
             )
+    if request.dropout != "config" and not (
+        isinstance(request.dropout, float) and 0 <= request.dropout < 1
+    ):
+        raise UserError(
+            f"is 'config' or a probability in [0, 1), not {request.dropout!r}", key="dropout"
+        )
     if any(mb < 1 for mb in request.micro_batches or ()):
         raise UserError("micro-batches must be positive", key="micro-batch")
     for key, value in (
@@ -152,6 +161,8 @@ def answer(request: Request) -> Answer:
         global_batch=request.global_batch,
         grad_accum=request.grad_accum,
         offload=request.offload,
+        cpu_checkpointing=request.cpu_checkpointing,
+        dropout=request.dropout,
         accounting=request.accounting,
         tokens=request.tokens,
         cost_per_gpu_hour=request.cost_per_gpu_hour,

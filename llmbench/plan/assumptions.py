@@ -94,7 +94,8 @@ class Assumptions:
     reserved_device_bytes: Assumption = Assumption(
         0.75 * GiB,
         "nominal GPU memory the CUDA driver keeps (ECC, firmware): an 80 GB H100 shows "
-        "~79.2 GiB total to cudaMemGetInfo; assumed 0.75 GiB for every GPU",
+        "~79.2 GiB total to cudaMemGetInfo; assumed 0.75 GiB for GPUs without a "
+        "reported figure (plan/target.py lists those with one)",
     )
     fixed_overhead_bytes: Assumption = Assumption(
         1.0 * GiB,

@@ -97,6 +97,7 @@ def invert(m: Measurement, assumptions: Assumptions) -> Point:
         cfg,
         knobs=ZeroKnobs.from_spec(m.spec.deepspeed),
         attention=m.spec.model.attn_implementation,
+        dropout=m.spec.model.dropout,
         device=target.kind,
         gpus_per_node=target.gpus_per_node,
         resident=m.is_cpu,

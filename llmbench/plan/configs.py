@@ -53,6 +53,9 @@ class Configs:
     grad_accum: np.ndarray
     sequence_parallel: np.ndarray
     seq_len: np.ndarray
+    cpu_checkpointing: np.ndarray
+    """DeepSpeed's ``activation_checkpointing.cpu_checkpointing`` (with full recomputation):
+    each layer's checkpointed input lives in host memory between forward and backward"""
 
     def __len__(self) -> int:
         return len(self.zero)
@@ -89,6 +92,7 @@ class Configs:
             "training.micro_batch": int(self.micro_batch[i]),
             "training.grad_accum": int(self.grad_accum[i]),
             "training.seq_len": int(self.seq_len[i]),
+            "deepspeed.cpu_checkpointing": bool(self.cpu_checkpointing[i]),
         }
 
 
@@ -133,6 +137,7 @@ def enumerate_configs(
     global_batch: int | None = None,
     grad_accum: int = 1,
     zero_offload: Sequence[tuple[int, bool, bool]] = ZERO_OFFLOAD,
+    cpu_checkpointing: bool = False,
 ) -> Configs:
     """Every configuration DeepSpeed accepts for this model on ``gpus`` GPUs.
 
@@ -140,17 +145,21 @@ def enumerate_configs(
     accumulation follows from it and configurations that cannot reach it
     exactly are left out; otherwise ``grad_accum`` is used as given.
     Pipeline parallelism is combined with ZeRO 0/1 only (DeepSpeed's rule).
-    No sequence parallelism: DeepSpeed AutoTP has none.
+    No sequence parallelism: DeepSpeed AutoTP has none. ``cpu_checkpointing``
+    adds, beside each full-recomputation configuration, the same one with its
+    checkpoints in host memory (DeepSpeed's checkpointing only moves what it
+    checkpoints, so only full recomputation has the option).
     """
     rows = []
-    for (tp, pp), (z, off_opt, off_par), prec, ckpt, mb in itertools.product(
+    for (tp, pp), (z, off_opt, off_par), prec, ckpt, mb, on_cpu in itertools.product(
         parallel_degrees(dims, family, gpus, gpus_per_node),
         zero_offload,
         precisions,
         checkpointing,
         micro_batches,
+        (False, True) if cpu_checkpointing else (False,),
     ):
-        if pp > 1 and z > 1:
+        if (pp > 1 and z > 1) or (on_cpu and ckpt != "full"):
             continue
         dp = gpus // (tp * pp)
         if global_batch is not None:
@@ -173,6 +182,7 @@ def enumerate_configs(
                 ga,
                 0,
                 seq_len,
+                on_cpu,
             )
         )
     return Configs(**_columns(rows, [f.name for f in fields(Configs)]))
@@ -194,6 +204,7 @@ def from_specs(specs: Sequence[CaseSpec], micro_batches: Sequence[int]) -> Confi
             s.training.grad_accum,
             0,
             s.training.seq_len,
+            0,  # llmbench's own runs checkpoint with torch.utils.checkpoint, on the device
         )
         for s, mb in zip(specs, micro_batches, strict=True)
     ]

@@ -82,7 +82,8 @@ def measurement(result: CaseResult, env: dict[str, Any]) -> Measurement | None:
     if result.status != "ok" or not result.metrics.get("step_time_s_median"):
         return None
     try:
-        spec = CaseSpec.from_params(result.params)
+        # results written before model.dropout existed trained with dropout off
+        spec = CaseSpec.from_params({"model.dropout": 0.0, **result.params})
     except ValidationError:
         return None  # written by a llmbench whose settings this one cannot read
     samples = result.metrics.get("samples_per_step")

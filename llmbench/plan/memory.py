@@ -82,7 +82,9 @@ class MemoryTerms:
     logits: np.ndarray
     """embeddings' masks aside: final norm, head input, logits and the loss"""
     host_per_gpu: np.ndarray
-    """host memory that offload needs per GPU (0 without offload)"""
+    """host memory that offload needs per GPU (0 without offload), checkpoints included"""
+    host_checkpoints: np.ndarray
+    """of which activation checkpoints kept in host memory (``cpu_checkpointing``)"""
     stage: np.ndarray
     """0: the first pipeline stage is the fullest, 1: the last"""
 
@@ -99,6 +101,7 @@ class MemoryTerms:
         return {f"{t}_bytes": getattr(self, t) for t in TERMS} | {
             "model_states_bytes": self.model_states,
             "host_offload_bytes_per_gpu": self.host_per_gpu,
+            "host_checkpoint_bytes_per_gpu": self.host_checkpoints,
         }
 
 
@@ -264,14 +267,20 @@ def memory_terms(
     device: str = "cuda",
     gpus_per_node: int = 8,
     resident: bool = False,
+    dropout: float | str = "config",
+    recipe: activations.Recipe | None = None,
 ) -> MemoryTerms:
     """Every memory term per GPU for every configuration (fullest pipeline stage).
 
     The ``paper`` accounting takes its activations from the paper too:
-    Korthikanti et al.'s count, without flash attention.
+    Korthikanti et al.'s count, without flash attention. ``dropout``: the
+    case's ``model.dropout`` (``config``: the architecture's own probability).
+    ``recipe``: what one layer saves, when the model is not the one
+    transformers builds for the family (a published Megatron-LM run).
     """
     knobs = knobs or ZeroKnobs()
-    recipe = activations.RECIPES[model.family]
+    p_drop = activations.dropout_probability(model.family, dropout)
+    recipe = recipe or activations.RECIPES[model.family]
     if accounting == "paper":
         recipe, attention = activations.PAPER, "eager"
     act_bytes = cfg.lp_bytes
@@ -306,6 +315,20 @@ def memory_terms(
             cfg.checkpointing,
             device,
             single | (not last),
+            p_drop,
+            cfg.cpu_checkpointing,
+        )
+        host_ckpt = activations.host_checkpoint_bytes(
+            model.dims,
+            cfg.seq_len,
+            cfg.micro_batch,
+            act_bytes,
+            cfg.tp,
+            model.dims.num_layers / cfg.pp,
+            in_flight,
+            cfg.sequence_parallel.astype(bool),
+            cfg.checkpointing,
+            cfg.cpu_checkpointing,
         )
         logits = activations.logits_loss_bytes(
             recipe, model.dims, model.task, cfg.seq_len, cfg.micro_batch, act_bytes
@@ -318,7 +341,8 @@ def memory_terms(
                 buffers=buffer_bytes(model, psi, persist, cfg, knobs, resident),
                 activations=acts,
                 logits=np.where(single | last, logits, 0),
-                host_per_gpu=host,
+                host_per_gpu=host + host_ckpt,
+                host_checkpoints=host_ckpt,
                 stage=np.full(len(cfg), int(last), dtype=np.int8),
             )
         )

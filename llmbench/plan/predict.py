@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from llmbench.plan.activations import Recipe
 from llmbench.plan.assumptions import Assumption, Assumptions
 from llmbench.plan.calibrate import Calibration
 from llmbench.plan.configs import CHECKPOINTING, PRECISIONS, Configs
@@ -36,16 +37,9 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
 
 
-def _memory(model, cfg, target, accounting, knobs, attention, resident) -> MemoryTerms:
+def _memory(model, cfg, target, resident, **kw) -> MemoryTerms:
     return memory_terms(
-        model,
-        cfg,
-        accounting=accounting,
-        knobs=knobs,
-        attention=attention,
-        device=target.kind,
-        gpus_per_node=target.gpus_per_node,
-        resident=resident,
+        model, cfg, device=target.kind, gpus_per_node=target.gpus_per_node, resident=resident, **kw
     )
 
 
@@ -60,22 +54,32 @@ def predict(
     knobs: ZeroKnobs | None = None,
     attention: str = "sdpa",
     world_size: int | None = None,
+    dropout: float | str = "config",
+    recipe: Recipe | None = None,
 ) -> Prediction:
     """Predict every configuration of ``cfg`` on ``target``.
 
     ``world_size``: only for CPU targets, whose measured rates hold for one
-    rank count (ranks share the cores).
+    rank count (ranks share the cores). ``dropout`` and ``recipe``: see
+    :func:`~llmbench.plan.memory.memory_terms`.
     """
     calibration = calibration or Calibration([])
     resident = target.kind == "cpu"
-    mem = _memory(model, cfg, target, accounting, knobs, attention, resident)
+    kw = {
+        "accounting": accounting,
+        "knobs": knobs,
+        "attention": attention,
+        "dropout": dropout,
+        "recipe": recipe,
+    }
+    mem = _memory(model, cfg, target, resident, **kw)
     fixed, margin = calibration.overhead(target, assumptions, world_size)
     overhead = fixed.value + margin.value * mem.predicted
     total = mem.predicted + overhead
 
     # memory is affine in the micro-batch: two evaluations give base and slope
-    one = _memory(model, cfg.replace(micro_batch=1), target, accounting, knobs, attention, resident)
-    two = _memory(model, cfg.replace(micro_batch=2), target, accounting, knobs, attention, resident)
+    one = _memory(model, cfg.replace(micro_batch=1), target, resident, **kw)
+    two = _memory(model, cfg.replace(micro_batch=2), target, resident, **kw)
     per_sample = (two.predicted - one.predicted) * (1 + margin.value)
     base = one.predicted * (1 + margin.value) + fixed.value - per_sample
     capacity = target.memory_bytes
@@ -128,6 +132,7 @@ def predict(
             "offload_optimizer": np.where(cfg.offload_optimizer.astype(bool), "cpu", "none"),
             "offload_param": np.where(cfg.offload_param.astype(bool), "cpu", "none"),
             "activation_checkpointing": np.array(CHECKPOINTING)[cfg.checkpointing],
+            "cpu_checkpointing": cfg.cpu_checkpointing.astype(bool),
             "tp": cfg.tp,
             "pp": cfg.pp,
             "dp": cfg.dp,
@@ -151,6 +156,7 @@ def predict(
             "tp_comm_s": timing.tp_comm_s,
             "pp_comm_s": timing.pp_comm_s,
             "offload_s": timing.offload_s,
+            "checkpoint_transfer_s": timing.checkpoint_transfer_s,
             "step_s": timing.step_s,
             "tokens_per_step": timing.tokens_per_step,
             "tokens_per_s": tokens_per_s,

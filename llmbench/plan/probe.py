@@ -353,7 +353,7 @@ def measure_activations(spec: CaseSpec, micro_batch: int) -> dict[str, int]:
         spec.task,
         spec.training.num_labels,
         spec.model.attn_implementation,
-        0.0,  # the activation recipes count dropout-free training (no masks kept)
+        spec.model.dropout,  # as the case trains: masks are kept only with dropout on
     )
     torch.manual_seed(spec.training.seed)
     model = build_model(config, spec.task).to(dtype)

@@ -41,6 +41,7 @@ CONFIG_COLUMNS = (
     "offload_optimizer",
     "offload_param",
     "activation_checkpointing",
+    "cpu_checkpointing",
     "tp",
     "pp",
     "dp",
@@ -54,6 +55,7 @@ JSON_COLUMNS = (
     *MEMORY_COLUMNS,
     "model_states_bytes",
     "host_offload_bytes_per_gpu",
+    "host_checkpoint_bytes_per_gpu",
     "host_offload_bytes_per_node",
     "fullest_stage",
     "capacity_bytes",
@@ -66,6 +68,7 @@ JSON_COLUMNS = (
     "tp_comm_s",
     "pp_comm_s",
     "offload_s",
+    "checkpoint_transfer_s",
     "optimizer_s",
     "tokens_per_s",
     "tokens_per_s_low",
@@ -117,7 +120,8 @@ def configurations_frame(
                 "ZeRO": str(int(r["zero_stage"])),
                 "offload": offload or "–",
                 "prec": str(r["precision"]),
-                "ckpt": str(r["activation_checkpointing"]),
+                "ckpt": str(r["activation_checkpointing"])
+                + ("+cpu" if r["cpu_checkpointing"] else ""),
                 "tp·pp·dp": f"{int(r['tp'])}·{int(r['pp'])}·{int(r['dp'])}",
                 "mb×ga": f"{int(r['micro_batch'])}×{int(r['grad_accum'])}",
                 "states": _gib(r["model_states_bytes"]),
@@ -151,7 +155,7 @@ def header_lines(
     lines = [
         f"model: {m.name} ({m.source}) - {c.total:,} parameters: {c.embedding:,} embedding, "
         f"{c.per_layer:,} per layer × {c.num_layers}, largest module {m.largest_module_params:,}",
-        f"GPU: {gpus} × {t.name}, {units.bytes_(t.memory_bytes)} each; peak {units.number(t.peak('bf16') or float('nan'))} FLOP/s bf16 dense ({t.source})",
+        f"GPU: {gpus} × {t.name}, {units.bytes_(t.memory_bytes)} usable each ({t.memory_source}); peak {units.number(t.peak('bf16') or float('nan'))} FLOP/s bf16 dense ({t.source})",
         f"sequence {query.seq_len}; accounting of model states: {prediction.accounting}",
         f"token budget: {units.number(float(prediction.frame['train_tokens'].iloc[0]))} tokens"
         + (
@@ -260,6 +264,7 @@ def to_json(
             "key": t.device,
             "name": t.name,
             "memory_bytes": t.memory_bytes,
+            "memory_source": t.memory_source,
             "peak_flops": t.peak_flops,
             "source": t.source,
         },

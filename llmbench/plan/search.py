@@ -38,6 +38,10 @@ class Query:
     grad_accum: int = 1
     offload: bool = True
     """include ZeRO-Offload configurations"""
+    cpu_checkpointing: bool = False
+    """also plan full recomputation with DeepSpeed's ``cpu_checkpointing``"""
+    dropout: float | str = "config"
+    """the model's dropout probability (``model.dropout``): masks are kept only when on"""
     accounting: str = "llmbench"
     knobs: ZeroKnobs = field(default_factory=ZeroKnobs)
     tokens: float | None = None
@@ -74,6 +78,7 @@ def _enumerate(model: ModelDescription, target: Target, gpus: int, query: Query,
         global_batch=query.global_batch,
         grad_accum=query.grad_accum,
         zero_offload=ZERO_OFFLOAD if query.offload else [z for z in ZERO_OFFLOAD if not any(z[1:])],
+        cpu_checkpointing=query.cpu_checkpointing,
     )
 
 
@@ -87,6 +92,7 @@ def simplicity(frame: pd.DataFrame) -> np.ndarray:
         + (frame["offload_optimizer"] != "none").to_numpy(int)
         + (frame["offload_param"] != "none").to_numpy(int)
         + (frame["activation_checkpointing"] != "none").to_numpy(int)
+        + frame["cpu_checkpointing"].to_numpy(int)
     )
 
 
@@ -127,7 +133,7 @@ def plan(
             f"{query.seq_len} exceeds {model.name}'s max_positions {model.dims.max_positions}",
             key="seq-len",
         )
-    kw = {"accounting": query.accounting, "knobs": query.knobs}
+    kw = {"accounting": query.accounting, "knobs": query.knobs, "dropout": query.dropout}
     mbs = query.micro_batches
     if mbs == MICRO_BATCHES and target.memory_bytes is not None:
         first = _enumerate(model, target, gpus, replace(query, global_batch=None), (1,))
@@ -166,6 +172,7 @@ def reasons(frame: pd.DataFrame) -> list[str]:
                 ("data-parallel communication", "dp_comm_s"),
                 ("optimizer step", "optimizer_s"),
                 ("offload", "offload_s"),
+                ("checkpoint copies to the host", "checkpoint_transfer_s"),
                 ("tensor/pipeline communication", "tp_comm_s"),
                 ("bubble", "bubble_s"),
             )
@@ -269,7 +276,8 @@ def describe_row(row: pd.Series) -> str:
     if row["offload_param"] != "none":
         parts.append("offload params")
     if row["activation_checkpointing"] != "none":
-        parts.append(f"ckpt {row['activation_checkpointing']}")
+        on_cpu = " (checkpoints in host memory)" if row["cpu_checkpointing"] else ""
+        parts.append(f"ckpt {row['activation_checkpointing']}{on_cpu}")
     parts.append(f"tp{int(row['tp'])} pp{int(row['pp'])} dp{int(row['dp'])}")
     parts.append(f"mb{int(row['micro_batch'])}×ga{int(row['grad_accum'])}")
     return " ".join(parts)

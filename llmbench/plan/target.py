@@ -30,9 +30,34 @@ class Target:
     host_cores_per_node: float = 0.0
     nominal_memory_bytes: float | None = None
     """the datasheet capacity; ``memory_bytes`` is what allocations can use"""
+    memory_source: str = ""
+    """where ``memory_bytes`` comes from"""
 
     def peak(self, precision: str) -> float | None:
         return self.peak_flops.get(precision)
+
+
+# Total capacity the CUDA driver leaves to a process (torch.cuda's total_memory, which
+# PyTorch prints in its out-of-memory messages), where a public report states it; the
+# driver keeps ECC and firmware reservations out of the nominal binary capacity.
+_VISIBLE_GIB: dict[str, tuple[float, str]] = {
+    key: (31.74, "PyTorch reports '31.74 GiB total capacity' on a V100 32GB "
+          "(github.com/liucongg/ChatGLM-Finetuning/issues/73)")
+    for key in ("v100-sxm2-32gb", "v100-pcie-32gb")
+} | {
+    key: (15.78, "PyTorch reports '15.78 GiB total capacity' on a V100 16GB "
+          "(github.com/kchengiva/Shift-GCN/issues/34)")
+    for key in ("v100-sxm2-16gb", "v100-pcie-16gb")
+}  # fmt: skip
+
+
+def usable_memory_bytes(key: str, nominal: float, assumptions: Assumptions) -> tuple[float, str]:
+    """What allocations can use on one GPU, and where the figure comes from."""
+    if key in _VISIBLE_GIB:
+        gib, source = _VISIBLE_GIB[key]
+        return gib * 2**30, source
+    reserved = assumptions.reserved_device_bytes
+    return nominal - reserved.value, f"nominal - {reserved.value / 2**30:g} GiB: {reserved.source}"
 
 
 def gpu_target(name: str, assumptions: Assumptions, gpus_per_node: int = 8) -> Target:
@@ -44,11 +69,13 @@ def gpu_target(name: str, assumptions: Assumptions, gpus_per_node: int = 8) -> T
         )
     from llmbench.plan.published import host_link_bytes_s
 
+    usable, usable_source = usable_memory_bytes(spec.key, float(spec.memory_bytes), assumptions)
     return Target(
         device=spec.key,
         name=spec.name,
         kind="cuda",
-        memory_bytes=float(spec.memory_bytes) - assumptions.reserved_device_bytes.value,
+        memory_bytes=usable,
+        memory_source=usable_source,
         peak_flops=dict(spec.peak_flops),
         links=Links.for_gpu(
             spec.interconnect_bytes_s,

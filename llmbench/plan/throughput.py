@@ -31,6 +31,10 @@ pp comm   = activations forward and gradients backward between stages
 offload   = gradient partition down (hidden under backward where it fits), CPU
             Adam at a rate that scales with the host cores each GPU gets, and
             the updated low-precision partition back up, serially (ZeRO-Offload)
+cpu ckpt  = with ``cpu_checkpointing``, every checkpointed layer input goes to the
+            host in forward and back in backward over the host link, exposed:
+            DeepSpeed copies with blocking ``.cpu()`` / ``.to(device)`` calls
+            (runtime/activation_checkpointing/checkpointing.py)
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ class StepTime:
     tp_comm_s: np.ndarray
     pp_comm_s: np.ndarray
     offload_s: np.ndarray
+    checkpoint_transfer_s: np.ndarray
     step_s: np.ndarray
     tokens_per_step: np.ndarray
     model_flops_per_token: np.ndarray
@@ -303,7 +308,14 @@ def step_time(
     ) + np.where(
         cfg.offload_param.astype(bool), gathers * ga * psi * lp / n / links.host_bytes_s, 0.0
     )
-    step = compute + bubble + optimizer + dp_comm + tp_comm + pp_comm + offload
+    # layer inputs (whole under TP, split with sequence parallelism) down and up once
+    # per micro-batch; the first stage's in-flight micro-batches each make the trip once
+    checkpoint_bytes = act_bytes / np.where(cfg.sequence_parallel.astype(bool), tp, 1)
+    on_host = cfg.cpu_checkpointing.astype(bool) & full
+    ckpt_transfer = np.where(
+        on_host, 2 * ga * local_layers * checkpoint_bytes / links.host_bytes_s, 0.0
+    )
+    step = compute + bubble + optimizer + dp_comm + tp_comm + pp_comm + offload + ckpt_transfer
     return StepTime(
         compute_s=compute,
         bubble_s=bubble,
@@ -312,6 +324,7 @@ def step_time(
         tp_comm_s=tp_comm,
         pp_comm_s=pp_comm,
         offload_s=offload,
+        checkpoint_transfer_s=ckpt_transfer,
         step_s=step,
         tokens_per_step=tokens * ga * n,
         model_flops_per_token=model_flops,

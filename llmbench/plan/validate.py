@@ -49,6 +49,7 @@ def _case_row(point: Point, others: list[Point], assumptions: Assumptions) -> di
         knobs=ZeroKnobs.from_spec(m.spec.deepspeed),
         attention=m.spec.model.attn_implementation,
         world_size=m.spec.parallel.world_size,
+        dropout=m.spec.model.dropout,
     )
     row = result.frame.iloc[0]
     if m.is_cpu:

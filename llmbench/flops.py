@@ -15,8 +15,23 @@ def training_flops_per_token(
     PaLM (Chowdhery et al. 2022), appendix B: 6N for the forward and backward
     matmuls over N weights, plus 12·L·H·Q·T for attention scores and values
     (H heads of size Q, so H·Q = hidden size, over sequence length T).
+    For a mixture of experts N is the active parameters (``active_expert_params``).
     """
     return 6.0 * flops_params + 12.0 * num_layers * hidden_size * seq_len
+
+
+def active_expert_params(expert_params: int, num_experts: int, top_k: int) -> int:
+    """Routed-expert weights one token multiplies with: its top-k experts out of ``num_experts``.
+
+    Mixtral and Qwen2-MoE route every token to exactly ``top_k`` experts of
+    equal size (no capacity limit drops tokens in transformers' implementation),
+    so a token's expert FLOPs are those of k experts, whichever they are.
+    """
+    if not expert_params:
+        return 0
+    if expert_params % num_experts:
+        raise ValueError(f"{expert_params} expert parameters do not split into {num_experts}")
+    return expert_params // num_experts * top_k
 
 
 def recompute_flops_per_token(

@@ -202,7 +202,8 @@ def test_bad_numbers_are_one_line_and_exit_2(cli_runner, args, key):
     [
         (bytes(range(256)), "not a text file"),
         (b"[1, 2]", "JSON object"),
-        (b'{"model_type": "llama", "hidden_size": -4}', "not a usable llama config"),
+        (b'{"model_type": "llama", "hidden_size": -4}', "hidden_size must be a positive"),
+        (b'{"model_type": "phi3"}', "model_type 'phi3' is not one llmbench builds"),
         (b'{"model_type": "llama",', "invalid JSON"),
     ],
 )
@@ -216,13 +217,3 @@ def test_bad_model_configs_are_one_line_and_exit_2(
     assert out.exit_code == 2, out.output
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "Traceback" not in out.output
-
-
-def test_a_config_is_read_through_transformers_once(cli_runner, tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMBENCH_CACHE", str(tmp_path / "cache"))
-    config = Path(__file__).parent / "data" / "plan" / "llama_config.json"
-    first = invoke(cli_runner, ["plan", "--model-config", str(config), "--format", "json"])
-    assert first.exit_code == 0
-    assert len(list((tmp_path / "cache" / "plan-configs").glob("*.json"))) == 1
-    second = invoke(cli_runner, ["plan", "--model-config", str(config), "--format", "json"])
-    assert json.loads(second.output)["model"] == json.loads(first.output)["model"]

@@ -45,7 +45,8 @@ class Case:
     @classmethod
     def from_spec(cls, spec: CaseSpec, swept: Sequence[str] = ()) -> Case:
         params = flatten(spec.model_dump(mode="json"))
-        return cls(id=case_id(params), label=case_label(params, swept), spec=spec, params=params)
+        label = case_label(params, swept, None if spec.is_comm else spec.model_name)
+        return cls(id=case_id(params), label=label, spec=spec, params=params)
 
 
 def case_id(params: dict[str, Any]) -> str:
@@ -80,15 +81,22 @@ _LABEL_FORMATS = {
 }
 
 
-def case_label(params: dict[str, Any], swept: Sequence[str]) -> str:
+_IN_NAME = ("model.config", "model.num_layers", "model.hidden_size")
+"""Swept keys the model's name already shows (``gpt2-4x256``)."""
+
+
+def case_label(params: dict[str, Any], swept: Sequence[str], model: str | None = None) -> str:
     """``gpt2-tiny z2 bf16 ws2``: the model, then the swept settings in sweep order.
 
-    A communication case is named by its collective instead: ``all_reduce 1.0MiB ws2``.
+    ``model`` is ``CaseSpec.model_name`` (``gpt2-4x256`` once dimensions are
+    overridden); a communication case is named by its collective instead:
+    ``all_reduce 1.0MiB ws2``.
     """
     comm = params.get("comm.op", "none") != "none"
-    parts = [params["comm.op"] if comm else f"{params['model.family']}-{params['model.size']}"]
+    preset = f"{params['model.family']}-{params['model.size']}"
+    parts = [params["comm.op"] if comm else model or preset]
     for key in swept:
-        if key in ("model.family", "model.size", "comm.op") or (
+        if key in ("model.family", "model.size", "comm.op", *_IN_NAME) or (
             comm and not key.startswith(("comm.", "parallel."))
         ):
             continue

@@ -24,7 +24,14 @@ from pydantic import (
     model_validator,
 )
 
-from llmbench.define.models import FAMILIES, resolve_dims
+from llmbench.define.models import (
+    FAMILIES,
+    ModelConfigError,
+    architecture_label,
+    config_dims,
+    config_family,
+    resolve_dims,
+)
 from llmbench.errors import did_you_mean
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -36,11 +43,19 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    """What is trained: a family, a size preset and optional explicit dimensions."""
+    """What is trained: a family and size preset, or a transformers config, and optional explicit dimensions."""
 
-    family: Literal["gpt2", "llama", "distilbert", "bert"] = "gpt2"
+    family: Literal[
+        "gpt2", "llama", "distilbert", "bert", "mistral", "qwen2", "mixtral", "qwen2_moe"
+    ] = "gpt2"
+    """The architecture, named as transformers' ``model_type``; taken from ``config`` when that is set."""
     size: str = "tiny"
-    """Preset name of the family (``tiny``, ``125m``, ``7b``, ...); aliases such as ``small`` are accepted."""
+    """Preset name of the family (``tiny``, ``125m``, ``7b``, ...); aliases such as ``small`` are accepted.
+    ``config`` when the dimensions come from ``model.config``."""
+    config: str | None = None
+    """A transformers config.json, a folder holding one, or a Hub id (``Qwen/Qwen2.5-7B``) found
+    in the local Hugging Face cache (never downloaded). The model is built from it with random
+    weights; the dimension keys below still override it."""
     num_layers: PositiveInt | None = None
     hidden_size: PositiveInt | None = None
     num_heads: PositiveInt | None = None
@@ -48,6 +63,10 @@ class ModelSpec(_Section):
     intermediate_size: PositiveInt | None = None
     vocab_size: PositiveInt | None = None
     max_positions: PositiveInt | None = None
+    num_experts: PositiveInt | None = None
+    """Routed experts per MoE layer (mixture-of-experts families only)."""
+    experts_per_token: PositiveInt | None = None
+    """Top-k: routed experts each token passes through (mixture-of-experts families only)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     dropout: Literal["config"] | Annotated[float, Field(ge=0.0, lt=1.0)] = "config"
     """Dropout probability of every dropout layer. ``config`` (default): the
@@ -59,7 +78,15 @@ class ModelSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _canonical_size(cls, data: Any) -> Any:
-        """Store ``gpt2``/``small`` as ``125m`` so both spellings share one case id."""
+        """Store ``gpt2``/``small`` as ``125m`` so both spellings share one case id.
+
+        With ``config`` the family is the config's ``model_type`` and the size
+        ``config`` (a config that cannot be read leaves them for validation to report).
+        """
+        if isinstance(data, dict) and data.get("config") is not None:
+            family = data.get("family") or config_family(str(data["config"]))
+            data = {**data, "size": data.get("size", "config")}
+            return {**data, "family": family} if family else data
         if isinstance(data, dict) and "size" in data:
             family = FAMILIES.get(data.get("family", "gpt2"))
             canonical = family.canonical_size(data["size"]) if family else None
@@ -76,6 +103,8 @@ class ModelSpec(_Section):
             "intermediate_size",
             "vocab_size",
             "max_positions",
+            "num_experts",
+            "experts_per_token",
         )
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
@@ -172,9 +201,11 @@ class CaseSpec(_Section):
         """Store the family's natural task explicitly, so both spellings share one case id."""
         if isinstance(data, dict):
             model, training = data.get("model") or {}, data.get("training") or {}
-            family = FAMILIES.get(
-                model.get("family", "gpt2") if isinstance(model, dict) else "gpt2"
-            )
+            name = "gpt2"
+            if isinstance(model, dict):
+                config = model.get("config")
+                name = model.get("family") or (config and config_family(str(config))) or "gpt2"
+            family = FAMILIES.get(name)
             if family and isinstance(training, dict) and training.get("task") is None:
                 data = {**data, "training": {**training, "task": family.default_task}}
         return data
@@ -194,10 +225,15 @@ class CaseSpec(_Section):
 
     @property
     def model_name(self) -> str:
-        return f"{self.model.family}-{self.model.size}"
+        """The preset (``gpt2-tiny``), or the architecture (``gpt2-4x256``) when a config or
+        overridden dimensions make it something no preset name describes."""
+        if self.model.config is None and not self.model.dim_overrides():
+            return f"{self.model.family}-{self.model.size}"
+        return architecture_label(self.model.family, self.dims())
 
     def dims(self):
-        return resolve_dims(self.model.family, self.model.size, self.model.dim_overrides())
+        m = self.model
+        return resolve_dims(m.family, m.size, m.dim_overrides(), m.config)
 
 
 class SlurmSpec(_Section):
@@ -320,7 +356,22 @@ def case_problems(spec: CaseSpec) -> list[tuple[str, str]]:
     """Combinations no machine can run, as (dotted key, message); empty when valid."""
     m, t, ds, par = spec.model, spec.training, spec.deepspeed, spec.parallel
     family = FAMILIES[m.family]
-    if family.canonical_size(m.size) is None:
+    if m.config is not None:
+        if m.size != "config":
+            return [
+                (
+                    "model.size",
+                    "a size names a preset; with model.config the config's own "
+                    "dimensions are used (override them with model.num_layers and the like)",
+                )
+            ]
+        try:
+            of = config_dims(m.config)[0]
+        except ModelConfigError as exc:
+            return [("model.config", str(exc))]
+        if of != m.family:
+            return [("model.family", f"model.config is a {of} model, not {m.family}")]
+    elif family.canonical_size(m.size) is None:
         sizes = list(family.presets) + list(family.aliases)
         return [
             (
@@ -337,6 +388,16 @@ def case_problems(spec: CaseSpec) -> list[tuple[str, str]]:
             )
         )
     dims = spec.dims()
+    if family.moe_block is None and (m.num_experts or m.experts_per_token):
+        key = "model.num_experts" if m.num_experts else "model.experts_per_token"
+        problems.append((key, f"{m.family} is a dense model: it has no experts to set"))
+    if dims.experts_per_token > dims.num_experts:
+        problems.append(
+            (
+                "model.experts_per_token",
+                f"{dims.experts_per_token} experts per token exceed the {dims.num_experts} experts",
+            )
+        )
     if dims.hidden_size % dims.num_heads:
         problems.append(
             (

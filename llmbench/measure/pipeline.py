@@ -108,7 +108,15 @@ def pipeline_module(
 
     if task != "causal-lm":
         raise Unsupported(f"pipeline parallelism is implemented for causal-lm only, not {task}")
-    blocks = list(getattr(_inner(model), "h", None) or _inner(model).layers)
+    inner = getattr(model, "transformer", None) or getattr(model, "model", None)
+    blocks = list(getattr(inner, "h", None) or getattr(inner, "layers", None) or [])
+    if not blocks:
+        raise Unsupported(f"llmbench has no pipeline split for {model.config.model_type}")
+    if getattr(model.config, "sliding_window", None) and getattr(
+        model.config, "use_sliding_window", True
+    ):
+        # the stages run each block on its own, with the causal mask of _causal_mask only
+        raise Unsupported("the pipeline split has no sliding-window attention mask")
     if len(blocks) < stages:
         raise Unsupported(f"{len(blocks)} transformer blocks cannot fill {stages} pipeline stages")
     tied = model.config.tie_word_embeddings

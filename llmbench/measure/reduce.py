@@ -82,10 +82,11 @@ def fill_metrics(
         result, present, device, NOT_TRAINING if shape is None else "no rank finished building"
     )
     params = next((r.parameters for r in present if r.parameters), None)
-    for key in ("total", "embedding", "non_embedding", "flops_params"):
+    # a mixture of experts: total (memory) = active (compute, per token) + unrouted experts
+    for key in ("total", "embedding", "non_embedding", "flops_params", "active", "expert"):
         result.set_metric(
             f"params_{key}",
-            params[key] if params else None,
+            params.get(key) if params else None,
             NOT_TRAINING if shape is None else "no rank built the model",
         )
 

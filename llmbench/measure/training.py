@@ -53,6 +53,8 @@ def build_training_model(
         raise Unsupported("AutoTP and pipeline parallelism together are not supported")
     if par.pp > 1 and not family.pipeline:
         raise Unsupported(f"llmbench has no pipeline split for {family.name}")
+    if par.tp > 1 and not family.autotp:
+        raise Unsupported(f"llmbench runs DeepSpeed AutoTP on llama only, not on {family.name}")
     config = hf_config(
         spec.model.family,
         spec.dims(),
@@ -60,10 +62,13 @@ def build_training_model(
         spec.training.num_labels,
         spec.model.attn_implementation,
         spec.model.dropout,
+        source=spec.model.config,
     )
     partitioned = ds_config is not None and spec.deepspeed.zero_stage == 3 and par.tp == par.pp == 1
     model = build_seeded(config, spec.task, spec.training.seed, ds_config if partitioned else None)
     counts = count_parameters(model)
+    if spec.deepspeed.zero_stage == 3 and family.moe_block:
+        fetch_moe_blocks_whole(model, family.moe_block)
     if ckpt == "selective":
         if spec.model.attn_implementation != "sdpa":
             raise Unsupported(
@@ -83,6 +88,23 @@ def build_training_model(
     if ckpt == "full":
         enable_full_recompute(model)
     return model, counts
+
+
+def fetch_moe_blocks_whole(model, block_class: str) -> None:
+    """Make ZeRO-3 gather each sparse MoE block as one leaf module.
+
+    ZeRO-3 fetches a module's parameters when its forward starts and
+    prefetches by the module order it traced on the first step. A router picks
+    a different set of experts on every step and rank, so that trace goes stale
+    and ranks can wait on different gathers; DeepSpeed's answer is to treat the
+    whole block (router and experts) as one leaf whose parameters are gathered
+    together before it runs.
+    """
+    from deepspeed.utils import set_z3_leaf_modules
+
+    classes = {type(m) for m in model.modules() if type(m).__name__ == block_class}
+    if classes:
+        set_z3_leaf_modules(model, list(classes))
 
 
 def enable_full_recompute(model) -> None:

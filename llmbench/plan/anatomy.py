@@ -7,8 +7,10 @@ directly; :func:`counts` derives from that list exactly what
 ``llmbench.define.models.count_parameters`` reads off a built model (checked for
 every preset and task in ``tests/test_plan_anatomy.py``).
 
-A new family (a mixture of experts, say) adds one function that returns its
-:class:`Anatomy`; nothing else in the planner changes.
+A new family adds one function that returns its :class:`Anatomy`; nothing
+else in the planner changes. A mixture of experts marks its routed experts'
+tensors, so memory counts all of them and compute (``flops_params``) only the
+top-k a token passes through.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmbench.define.models import Dims, ParamCounts
+from llmbench.flops import active_expert_params
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Module:
     """whether each parameter is another module's tensor (a tied head): counted once"""
     embedding: bool = False
     """an ``nn.Embedding`` (lookups: no FLOPs, the embedding share of the counts)"""
+    expert: bool = False
+    """the routed experts of a MoE layer (transformers 5 fuses them into 3-D tensors)"""
 
     def is_tied(self, i: int) -> bool:
         return bool(self.tied) and self.tied[i]
@@ -65,6 +70,8 @@ class Anatomy:
     tail: tuple[Module, ...]
     head: tuple[Module, ...]
     """the output projection (LM head) or classifier, as ``count_parameters`` finds it"""
+    num_experts: int = 0
+    experts_per_token: int = 0
 
     def modules(self) -> list[Module]:
         return [*self.stem, *self.block, *self.tail, *self.head]
@@ -97,8 +104,16 @@ def gpt2(dims: Dims, task: str, num_labels: int) -> Anatomy:
     )
 
 
-def llama(dims: Dims, task: str, num_labels: int) -> Anatomy:
-    h, f, kv = dims.hidden_size, dims.intermediate_size, dims.kv_heads * dims.head_dim
+def _swiglu(prefix: str, h: int, f: int) -> tuple[Module, ...]:
+    return tuple(
+        linear(f"{prefix}{name}", n_in, n_out, bias=False)
+        for name, n_in, n_out in (("gate_proj", h, f), ("up_proj", h, f), ("down_proj", f, h))
+    )
+
+
+def _decoder(dims: Dims, task: str, num_labels: int, mlp: tuple[Module, ...], qkv_bias: bool):
+    """A Llama-style decoder (RMSNorm, RoPE, GQA) around the given MLP: Llama, Mistral, Qwen2, MoE."""
+    h, kv = dims.hidden_size, dims.kv_heads * dims.head_dim
     if task == "causal-lm":
         tied = dims.tie_embeddings
         head = Module("lm_head", (dims.vocab_size * h,), (True,), tied=(tied,))
@@ -107,20 +122,57 @@ def llama(dims: Dims, task: str, num_labels: int) -> Anatomy:
     return Anatomy(
         stem=(embedding("embed_tokens", dims.vocab_size, h),),
         block=(
-            linear("q_proj", h, h, bias=False),
-            linear("k_proj", h, kv, bias=False),
-            linear("v_proj", h, kv, bias=False),
+            linear("q_proj", h, h, bias=qkv_bias),
+            linear("k_proj", h, kv, bias=qkv_bias),
+            linear("v_proj", h, kv, bias=qkv_bias),
             linear("o_proj", h, h, bias=False),
-            linear("gate_proj", h, f, bias=False),
-            linear("up_proj", h, f, bias=False),
-            linear("down_proj", f, h, bias=False),
+            *mlp,
             norm("input_layernorm", h, bias=False),
             norm("post_attention_layernorm", h, bias=False),
         ),
         num_layers=dims.num_layers,
         tail=(norm("norm", h, bias=False),),
         head=(head,),
+        num_experts=dims.num_experts,
+        experts_per_token=dims.experts_per_token,
     )
+
+
+def llama(dims: Dims, task: str, num_labels: int) -> Anatomy:
+    """Llama and Mistral: the same tensors (Mistral differs in attention span only)."""
+    return _decoder(
+        dims, task, num_labels, _swiglu("", dims.hidden_size, dims.intermediate_size), False
+    )
+
+
+def qwen2(dims: Dims, task: str, num_labels: int) -> Anatomy:
+    """Llama's tensors plus biases on the query, key and value projections."""
+    return _decoder(
+        dims, task, num_labels, _swiglu("", dims.hidden_size, dims.intermediate_size), True
+    )
+
+
+def _experts(dims: Dims) -> tuple[Module, ...]:
+    """The router and the routed experts: fused gate+up (E×2F×H) and down (E×H×F) tensors."""
+    h, f, e = dims.hidden_size, dims.expert_width, dims.num_experts
+    return (
+        Module("gate", (e * h,), (True,)),
+        Module("experts", (e * 2 * f * h, e * h * f), (True, True), expert=True),
+    )
+
+
+def mixtral(dims: Dims, task: str, num_labels: int) -> Anatomy:
+    return _decoder(dims, task, num_labels, _experts(dims), False)
+
+
+def qwen2_moe(dims: Dims, task: str, num_labels: int) -> Anatomy:
+    """Routed experts plus one always-on shared expert with a sigmoid gate; QKV biases."""
+    h = dims.hidden_size
+    shared = (
+        *_swiglu("shared_expert.", h, dims.shared_expert_intermediate_size),
+        linear("shared_expert_gate", h, 1, bias=False),
+    )
+    return _decoder(dims, task, num_labels, (*_experts(dims), *shared), True)
 
 
 def _encoder_block(h: int, f: int) -> tuple[Module, ...]:
@@ -197,6 +249,10 @@ ANATOMIES: dict[str, Callable[[Dims, str, int], Anatomy]] = {
     "llama": llama,
     "bert": bert,
     "distilbert": distilbert,
+    "mistral": llama,
+    "qwen2": qwen2,
+    "mixtral": mixtral,
+    "qwen2_moe": qwen2_moe,
 }
 
 
@@ -227,6 +283,8 @@ def count(anatomy: Anatomy) -> Counted:
         m.is_tied(i) and m.matrices[i] for m in head_modules for i in range(len(m.params))
     )
     total = sum(distinct)
+    expert = sum(sum(m.params) for m in anatomy.block if m.expert)
+    active = active_expert_params(expert, anatomy.num_experts, anatomy.experts_per_token)
     counts = ParamCounts(
         total=total,
         embedding=embedding,
@@ -235,6 +293,8 @@ def count(anatomy: Anatomy) -> Counted:
         non_embedding=total - embedding,
         per_layer=sum(m.direct for m in anatomy.block),
         num_layers=layers,
+        expert=expert * layers,
+        expert_active=active * layers,
     )
     return Counted(
         counts=counts,

@@ -5,16 +5,14 @@ transformers builds, written down as data and checked against the model built
 on the meta device for every preset (``tests/test_plan_anatomy.py``), so the
 planner sees exactly what a run would train - tied weights counted once, the
 real head, GQA-shaped attention - without importing torch or transformers. A
-config file is read through transformers once (its defaults fill what the
-file leaves out); its dimensions are then cached by the file's content hash.
+config (a file, a folder, or a Hub id in the local Hugging Face cache) is read
+by the same json-only reader that validates ``model.config`` in a scenario, so
+a plan and a sweep of one config see the same dimensions.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,16 +21,14 @@ from llmbench.define.models import (
     DIM_FIELDS,
     FAMILIES,
     Dims,
+    ModelConfigError,
     ParamCounts,
-    dims_from_config,
+    config_dims,
     parse_model_name,
     resolve_dims,
 )
 from llmbench.errors import UserError, did_you_mean
 from llmbench.plan.anatomy import counted
-
-# transformers ``model_type`` -> llmbench family, for configs read from disk
-_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "distilbert": "distilbert", "bert": "bert"}
 
 
 @dataclass(frozen=True)
@@ -114,22 +110,29 @@ def describe_model(
     overrides: dict[str, int] | None = None,
     task: str | None = None,
 ) -> ModelDescription:
-    """Describe a preset (``llama-7b``) or a transformers config file/directory, with overrides."""
+    """Describe a preset (``llama-7b``) or a transformers config (file, folder, cached Hub id), with overrides."""
     if (name is None) == (config_path is None):
         raise UserError("give either a model name (e.g. llama-7b) or a config path", key="model")
     if config_path is not None:
-        family, dims, source = _from_config(Path(config_path))
-        label = Path(config_path).stem if Path(config_path).is_file() else Path(config_path).name
+        try:
+            family, dims = config_dims(str(config_path))
+        except ModelConfigError as exc:
+            raise UserError(str(exc), key="model-config") from None
+        path = Path(config_path)
+        label = path.stem if path.is_file() else path.name
+        source = f"transformers config {config_path}"
     else:
         family, size = _parse_name(str(name))
         dims = resolve_dims(family, size)
         label, source = f"{family}-{size}", f"preset {family}-{size}"
+    config = None if config_path is None else str(config_path)
     unknown = set(overrides or {}) - set(DIM_FIELDS)
     if unknown:
         key = sorted(unknown)[0]
         raise UserError(f"not a model dimension{did_you_mean(key, DIM_FIELDS)}", key=key)
     if overrides:
-        dims = replace(dims, **overrides)
+        # the scenario's rule: an overridden hidden size brings the MLP width its architecture derives
+        dims = resolve_dims(family, "config" if config else size, overrides, config)
         label += "*"
         source += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     if dims.hidden_size % dims.num_heads or dims.num_heads % dims.kv_heads:
@@ -154,60 +157,3 @@ def _parse_name(name: str) -> tuple[str, str]:
             f"unknown model {name!r}{did_you_mean(name, names)}; presets: {', '.join(names)}",
             key="model",
         ) from None
-
-
-def cache_dir() -> Path:
-    """Where config dimensions are cached (``LLMBENCH_CACHE`` or ``~/.cache/llmbench``)."""
-    root = os.environ.get("LLMBENCH_CACHE") or Path.home() / ".cache" / "llmbench"
-    return Path(root) / "plan-configs"
-
-
-def _from_config(path: Path) -> tuple[str, Dims, str]:
-    """Family and dimensions from a transformers ``config.json`` (or a folder holding one)."""
-    file = path / "config.json" if path.is_dir() else path
-    try:
-        data = file.read_bytes()
-        raw = json.loads(data.decode("utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", where=str(file)) from None
-    except UnicodeDecodeError:
-        raise UserError(
-            "not a text file (a transformers config.json is JSON)", where=str(file)
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"invalid JSON: {exc.msg}", where=f"{file}:{exc.lineno}") from None
-    if not isinstance(raw, dict):
-        raise UserError("a transformers config is a JSON object", where=str(file))
-    model_type = raw.get("model_type")
-    family = _MODEL_TYPES.get(str(model_type))
-    if family is None:
-        raise UserError(
-            f"model_type {model_type!r} is not supported; llmbench plans {', '.join(_MODEL_TYPES)}",
-            where=str(file),
-            key="model_type",
-        )
-    source = f"transformers config {file}"
-    cached = cache_dir() / f"{hashlib.sha256(data).hexdigest()}.json"
-    try:
-        return family, Dims(**json.loads(cached.read_text())), source
-    except (OSError, ValueError, TypeError):
-        pass  # not cached yet (or unreadable): read it through transformers
-    import transformers
-
-    try:
-        dims = dims_from_config(family, transformers.AutoConfig.for_model(**raw))
-        for name in DIM_FIELDS:
-            value = getattr(dims, name)
-            if isinstance(value, bool) or value is None:
-                continue
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    except Exception as exc:  # transformers' own validators raise their own types
-        reason = str(exc).strip().splitlines()[-1].strip()
-        raise UserError(f"not a usable {model_type} config: {reason}", where=str(file)) from None
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(asdict(dims)))
-    except OSError:
-        pass  # a read-only home only costs the next run the transformers import
-    return family, dims, source

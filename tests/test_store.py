@@ -177,3 +177,23 @@ def test_a_second_sweep_in_the_same_run_directory_is_refused(tmp_path):
         pass
     with run.locked():  # released on exit
         pass
+
+
+def test_lines_only_pythons_json_accepts_are_still_read(tmp_path):
+    """orjson reads results; a NaN written by another tool falls back to json, not to 'corrupt'."""
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"a": NaN}\n{"b": 1}\n')
+    read = list(read_jsonl(path))
+    assert [n for n, _ in read] == [1, 2] and read[1][1] == {"b": 1}
+    assert read[0][1]["a"] != read[0][1]["a"]  # NaN
+
+
+def test_a_non_finite_number_deep_in_a_result_is_written_as_null(tmp_path):
+    run = RunDir.create(tmp_path, "s")
+    deep = result(0)
+    deep.ranks = [{"init_s": float("inf"), "nested": [float("nan"), 1.0]}]
+    deep.step_times_s = [0.1, float("nan")]
+    run.append(deep)
+    (back,) = run.results()
+    assert back.ranks == [{"init_s": None, "nested": [None, 1.0]}]
+    assert back.step_times_s == [0.1, None] and back.null_reasons == deep.null_reasons

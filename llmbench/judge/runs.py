@@ -99,36 +99,42 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
     return results_frame(r for run in runs for r in run.results)
 
 
-def _row(result: CaseResult) -> dict[str, Any]:
-    row: dict[str, Any] = {k: getattr(result, k) for k in IDENTITY}
-    for key, value in result.params.items():
-        row[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-    row.update(result.metrics)
-    row["null_reasons"] = result.null_reasons
-    row["step_times_s"] = result.step_times_s
-    row["losses"] = result.losses
-    row["phase_times_s"] = result.phase_times_s
-    row["started_at"] = result.started_at
-    row["ended_at"] = result.ended_at
-    return row
+def _param_value(value: Any) -> Any:
+    """A parameter as one cell: mappings and lists (``deepspeed.config``) as their JSON text."""
+    if isinstance(value, (dict, list)):
+        return (
+            json.dumps(value, sort_keys=True)
+            if value
+            else ("{}" if isinstance(value, dict) else "[]")
+        )
+    return value
 
 
 def results_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
-    frame = pd.DataFrame([_row(r) for r in results])
-    if frame.empty:
+    """The frame, built column by column (10k results: tens of milliseconds, not seconds).
+
+    A key a result lacks is a missing value in its column, as with a frame built
+    from one dict per row.
+    """
+    results = list(results)
+    if not results:
         return pd.DataFrame(columns=IDENTITY)
+    columns: dict[str, list[Any]] = {k: [getattr(r, k) for r in results] for k in IDENTITY}
+    for key in dict.fromkeys(k for r in results for k in r.params):
+        columns[key] = [_param_value(r.params.get(key)) for r in results]
+    for key in dict.fromkeys(k for r in results for k in r.metrics):
+        columns[key] = [r.metrics.get(key) for r in results]
+    for key in ("null_reasons", *LISTS, "started_at", "ended_at"):
+        columns[key] = [getattr(r, key) for r in results]
+    frame = pd.DataFrame(columns)
     for column in frame.columns:
-        if column in LISTS or column == "null_reasons":
+        if column in LISTS or column == "null_reasons" or frame[column].dtype != object:
             continue
-        if frame[column].dtype == object:
-            converted = pd.to_numeric(frame[column], errors="coerce")
-            if (
-                converted.notna().sum() == frame[column].notna().sum()
-                and frame[column].map(lambda v: not isinstance(v, (str, bool))).all()
-            ):
-                frame[column] = converted
+        kinds = set(map(type, frame[column].dropna()))
+        if kinds and not kinds & {str, bool, dict, list}:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     for column in ("started_at", "ended_at"):
-        frame[column] = pd.to_datetime(frame[column], errors="coerce", utc=True)
+        frame[column] = pd.to_datetime(frame[column], errors="coerce", utc=True, format="ISO8601")
     frame["status"] = frame["status"].astype("category")
     return frame
 

@@ -27,6 +27,8 @@ RANK_SIDE = {
     "llmbench.measure.comm",
     "llmbench.measure.ops",
     "llmbench.measure.launch.rank",
+    "llmbench.measure.data.synthetic",
+    "llmbench.measure.weights",
     "llmbench.plan.probe",
 }
 # Modules of plan that may read stored runs: calibration and validation against them.

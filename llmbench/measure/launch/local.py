@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,11 @@ PRELOAD = [
     "llmbench.measure.worker",
     "llmbench.measure.training",
     "llmbench.measure.data.text",
+    # last: loads the sweep's DeepSpeed ops once for every rank (see the module)
+    "llmbench.measure.ops_preload",
+    # the parent's main script (the ``llmbench`` console script imports the whole CLI):
+    # run once here, or multiprocessing re-runs it in every case's leader
+    "__main__",
 ]
 
 
@@ -208,14 +214,18 @@ class LocalLauncher(Launcher):
     def build_ops(self, names: list[str], out: Path, timeout_s: float) -> dict:
         from llmbench.measure.ops import build_ops_in_own_group
 
-        if self._ctx is not None:
+        server = self._start_server_with_ops(names, out, timeout_s) if self._ctx else None
+        if server == "timeout":
+            why = f"the op build did not finish in {timeout_s:g} s; cases start with spawn"
+            return {name: {"seconds": None, "error": why} for name in names}
+        if server == "running":  # started earlier by another launcher in this process
             proc = self._ctx.Process(target=build_ops_in_own_group, args=(names, str(out)))
             proc.start()
             proc.join(timeout_s)
             if proc.exitcode is None:
                 kill_group(proc.pid)  # the builder called setsid: ninja and c++ go with it
                 proc.join()
-        else:
+        elif server is None:
             with out.open("w") as fh:
                 run_in_own_group(
                     [sys.executable, "-m", "llmbench.measure.ops", *names], fh, timeout_s
@@ -226,6 +236,34 @@ class LocalLauncher(Launcher):
             return {
                 name: {"seconds": None, "error": "the op build did not finish"} for name in names
             }
+
+    def _start_server_with_ops(self, names: list[str], out: Path, timeout_s: float) -> str:
+        """Start the fork server, which builds and loads ``names`` before it forks anything.
+
+        ``built`` when the server wrote the op report, ``running`` when it had been
+        started before (its imports are done; it did not build), ``timeout``. The
+        server forks nothing until its imports are done, so it is started from a
+        thread: a build that outlives ``timeout_s`` makes the sweep fall back to
+        ``spawn`` instead of hanging.
+        """
+        from llmbench.measure.ops_preload import OPS_ENV
+
+        os.environ[OPS_ENV] = json.dumps({"names": names, "report": str(out)})
+        try:
+            first = self._ctx.Process(target=_serving)
+            starter = threading.Thread(target=lambda: (first.start(), first.join()), daemon=True)
+            starter.start()
+            starter.join(timeout_s)
+        finally:
+            del os.environ[OPS_ENV]
+        if starter.is_alive():
+            self._ctx, self.start_method = None, "spawn"
+            return "timeout"
+        return "built" if out.exists() else "running"
+
+
+def _serving() -> None:
+    """The fork server's first child: it exists once the server's imports are done."""
 
 
 if __name__ == "__main__":

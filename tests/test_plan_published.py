@@ -8,6 +8,7 @@ import pytest
 
 from llmbench.plan import published
 from llmbench.plan.fitted import FITTED, HELDOUT_ERROR
+from llmbench.plan.published_plan import plan_run
 
 # (predicted − published) / published on every held-out row, with the shipped constants;
 # the same table is in llmbench/plan/README.md
@@ -67,7 +68,7 @@ def test_the_zero_offload_showcase_fits_at_its_published_settings():
     # 10B GPT-2, micro-batch 10, sequence 1024, fp16, ZeRO-2 + CPU Adam, full recomputation
     # with cpu_checkpointing, on one V100 32GB (DeepSpeedExamples' 10B ZeRO-Offload script)
     run = _showcase()
-    row = published.plan_run(run).frame.iloc[0]
+    row = plan_run(run).frame.iloc[0]
     assert bool(row["fits"]), row["total_bytes"] / 2**30
     assert row["max_micro_batch"] >= 10
     # the 50 checkpointed layer inputs (2 bytes × tokens × hidden each) live in host memory
@@ -75,7 +76,7 @@ def test_the_zero_offload_showcase_fits_at_its_published_settings():
     assert row["checkpoint_transfer_s"] > 0
     # kept on the GPU instead, they do not leave room for micro-batch 10
     on_gpu = replace(run, cfg=run.cfg.replace(cpu_checkpointing=0))
-    row = published.plan_run(on_gpu).frame.iloc[0]
+    row = plan_run(on_gpu).frame.iloc[0]
     assert not bool(row["fits"])
     assert row["host_checkpoint_bytes_per_gpu"] == 0
 

@@ -29,7 +29,6 @@ from llmbench.plan.history import load_measurements, read_sources
 from llmbench.plan.memory import ACCOUNTINGS
 from llmbench.plan.search import Query, describe_row, largest_model, min_gpus, plan, reasons
 from llmbench.plan.target import gpu_target
-from llmbench.plan.validate import summary, validate
 
 FORMATS = ("table", "markdown", "json", "html")
 DEFAULT_SOURCES = ("reports/runs", "reports/history.sqlite")
@@ -146,7 +145,8 @@ def answer(request: Request) -> Answer:
         raise UserError("needs at least one GPU", key="gpus")
     model = describe_model(request.model, request.model_config, request.dims or None)
     target = gpu_target(request.gpu, assumptions, request.gpus_per_node)
-    calibration = Calibration.from_measurements(load_measurements(history), assumptions)
+    measured = load_measurements(history) if history else []  # no store code without runs
+    calibration = Calibration.from_measurements(measured, assumptions)
     precisions = request.precisions or (
         ("bf16", "fp32") if target.peak("bf16") else ("fp16", "fp32")
     )
@@ -208,6 +208,8 @@ def answer(request: Request) -> Answer:
         return Answer(rich=render.to_rich(title, frame, lines))
     if request.format == "markdown":
         return Answer(text=render.to_markdown(title, frame, lines))
+    from llmbench.plan.validate import summary, validate  # reads stored runs: html only
+
     validations = [
         (run.run_id, frame, summary(frame))
         for run in read_sources(history)
@@ -219,6 +221,7 @@ def answer(request: Request) -> Answer:
 
 def _validate(request: Request, history: Sequence[str], assumptions: Assumptions) -> Answer:
     from llmbench.judge.history import DEFAULT_PATH, History, resolve_run
+    from llmbench.plan.validate import summary, validate
 
     run = resolve_run(str(request.validate_run), History(DEFAULT_PATH))
     frame = validate(run, history, assumptions)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llmbench.define.models import FAMILIES, Dims
-from llmbench.define.schema import CaseSpec
+
+if TYPE_CHECKING:  # building the scenario schema costs more than planning: not at run time
+    from llmbench.define.schema import CaseSpec
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 CHECKPOINTING = ("none", "selective", "full")

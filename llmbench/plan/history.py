@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from llmbench.define.schema import CaseSpec
 from llmbench.errors import UserError
 from llmbench.hardware import gpu_spec
-from llmbench.judge.result import CaseResult
-from llmbench.judge.runs import Run, read_run
 from llmbench.judge.store import RESULTS
+
+if TYPE_CHECKING:  # imported where runs are read: a plan without history never needs them
+    from llmbench.define.schema import CaseSpec
+    from llmbench.judge.result import CaseResult
+    from llmbench.judge.runs import Run
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,13 @@ def run_dirs(paths: Sequence[str | Path]) -> list[Path]:
 
 def read_sources(paths: Sequence[str | Path]) -> list[Run]:
     """Every run the sources hold: run directories, folders of them, history files."""
-    from llmbench.judge.history import History
+    from llmbench.judge.runs import read_run
 
     runs = [read_run(p) for p in run_dirs(paths)]
     for path in map(Path, paths):
         if path.is_file() and path.suffix == ".sqlite":
+            from llmbench.judge.history import History
+
             history = History(path)
             runs += [run for row in history.runs() if (run := history.load(row.run_id)) is not None]
         elif not path.exists():
@@ -79,6 +81,10 @@ def device_of(result: CaseResult, env: dict[str, Any]) -> str:
 
 def measurement(result: CaseResult, env: dict[str, Any]) -> Measurement | None:
     """The measurement of an ``ok`` case; None when it has none usable."""
+    from pydantic import ValidationError
+
+    from llmbench.define.schema import CaseSpec
+
     if result.status != "ok" or not result.metrics.get("step_time_s_median"):
         return None
     try:

@@ -25,13 +25,16 @@ backward; ZeRO-3 keeps one and gathers parameters up to the prefetch bucket.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llmbench.define.schema import DeepSpeedSpec
 from llmbench.plan import activations
 from llmbench.plan.configs import Configs
 from llmbench.plan.describe import ModelDescription
+
+if TYPE_CHECKING:  # building the scenario schema costs more than planning: not at run time
+    from llmbench.define.schema import DeepSpeedSpec
 
 ACCOUNTINGS = ("llmbench", "deepspeed", "paper")
 _ESTIMATOR_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor default

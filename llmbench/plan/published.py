@@ -17,21 +17,16 @@ import sys
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import yaml
 
 from llmbench.hardware import GPUS
-from llmbench.plan.activations import MEGATRON_GPT2
 from llmbench.plan.assumptions import Assumption, Assumptions
 from llmbench.plan.configs import CHECKPOINTING, PRECISIONS, Configs
 from llmbench.plan.fitted import FITTED
-from llmbench.plan.memory import ZeroKnobs
 from llmbench.plan.throughput import Device, Links, Shape, Stack, step_time
-
-if TYPE_CHECKING:
-    from llmbench.plan.predict import Prediction
 
 TABLE = Path(__file__).with_name("published_runs.yaml")
 GENERATIONS = ("a100", "h100", "v100")
@@ -197,47 +192,6 @@ def predict_run(run: Run, constants: dict[str, float]) -> float:
     fraction = constants[f"matmul_fraction.{generation(run.gpu)}"]
     t = step_time(run.shape, run.cfg, device, fraction, assumptions, STACKS[run.stack](assumptions))
     return float(t.tokens_per_s[0] / run.cfg.world_size[0])
-
-
-def plan_run(run: Run) -> Prediction:
-    """The planner's memory verdict on a published run at its published settings.
-
-    The model is the GPT-style network the row describes, built as llmbench's
-    GPT-2 family (learned positions, tied head), with the layer and loss of the
-    stack that ran it: Megatron-LM's (Korthikanti et al.'s layer, eager
-    attention, one fp32 copy of the logits) for the Megatron and
-    DeepSpeed-with-Megatron rows; DeepSpeed's ZeRO settings as the row gives them.
-    """
-    # predict and target import this module (fitted fractions, PCIe links)
-    from llmbench.plan.describe import describe_model
-    from llmbench.plan.predict import predict
-    from llmbench.plan.target import gpu_target
-
-    row = run.row
-    if run.stack == "fsdp":
-        raise ValueError(f"{run.id}: no memory recipe for the {run.stack} stack")
-    model = describe_model(
-        "gpt2-1.5b",
-        overrides={
-            "num_layers": row["layers"],
-            "hidden_size": row["hidden"],
-            "num_heads": row["heads"],
-            "intermediate_size": row["ffn"],
-            "vocab_size": row["vocab"],
-            "max_positions": row["seq"],
-        },
-    )
-    knobs = ZeroKnobs(**{k: row[k] for k in ("reduce_bucket_size",) if k in row})
-    return predict(
-        model,
-        run.cfg,
-        gpu_target(run.gpu, Assumptions(), gpus_per_node=min(int(run.cfg.world_size[0]), 16)),
-        Assumptions(),
-        knobs=knobs,
-        attention="eager",
-        dropout=row.get("dropout", 0.1),  # Megatron-LM's default hidden and attention dropout
-        recipe=MEGATRON_GPT2,
-    )
 
 
 def errors(constants: dict[str, float], split: str | None = None) -> dict[str, float]:

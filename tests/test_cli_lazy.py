@@ -1,0 +1,38 @@
+"""The command group loads a command's module only when that command is used."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from llmbench.cli import COMMANDS, base, cli
+
+
+def test_the_table_names_every_command_and_its_module():
+    for module in set(COMMANDS.values()):
+        importlib.import_module(f"llmbench.cli.{module}")
+    assert set(base.cli.commands) == set(COMMANDS)
+    for name, module in COMMANDS.items():
+        assert base.cli.commands[name].callback.__module__ == f"llmbench.cli.{module}", name
+
+
+def test_help_lists_every_command_with_its_help_line():
+    out = CliRunner().invoke(cli, ["--help"])
+    assert out.exit_code == 0
+    for name in COMMANDS:
+        command = cli.get_command(None, name)
+        assert command is not None and command.get_short_help_str()
+        assert f"  {name} " in out.output and command.get_short_help_str()[:20] in out.output
+
+
+def test_plan_does_not_import_the_other_wings_commands():
+    code = (
+        "import sys; from llmbench.cli import cli; cli.get_command(None, 'plan'); "
+        "print(sorted(m for m in sys.modules if m.startswith('llmbench.cli.') "
+        "or m == 'llmbench.define.schema'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["['llmbench.cli.base',", "'llmbench.cli.plan']"]

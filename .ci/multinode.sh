@@ -6,6 +6,7 @@
 #     .ci/multinode.sh up [NODES [SLOTS]]   # default 2 nodes, 1 slot each
 #     . /tmp/llmbench-nodes/env             # PATH (ssh with the throwaway key), mpirun as root
 #     llmbench run scenario.yaml            # run.hostfile: /tmp/llmbench-nodes/hostfile
+#     .ci/multinode.sh slurm                # optional: SLURM on the nodes (slurmd in each)
 #     .ci/multinode.sh sshd 2               # restart node 2's sshd (a test kills it)
 #     .ci/multinode.sh down                 # fails, naming it, if anything is left behind
 #
@@ -27,6 +28,11 @@
 # * DIR/hostfile ("NET.(i+1) slots=SLOTS" per node), DIR/ssh_config,
 #   DIR/bin/ssh (ssh with that config, first on PATH for pdsh, mpirun and
 #   DeepSpeed's own ssh check) and DIR/env.
+# * inside each node, this machine's cgroup mounts again (ip netns exec mounts a
+#   fresh /sys without them, and slurmd will not start without them).
+# `slurm` adds a SLURM cluster of the nodes: its own slurmctld here (port 6917,
+# so a cluster of .ci/slurm-setup.sh keeps running beside it), one slurmd per
+# node, partition PREFIX, and SLURM_CONF in DIR/env; munged must be running.
 # Everything else — the filesystem, the Python environment, the run directory —
 # is shared, as on a cluster with a shared filesystem.
 #
@@ -67,6 +73,7 @@ down() {
     # (an mpirun or pdsh whose llmbench was killed); only then the namespaces:
     # a socket closed after its peer's namespace is gone resends its FIN for
     # minutes, and keeps its namespace and veth alive, nameless, until then.
+    if [ -s "$DIR/slurm/slurmctld.pid" ]; then kill -KILL "$(cat "$DIR/slurm/slurmctld.pid")" 2>/dev/null || true; fi
     for _ in $(seq 50); do
         pids=$(for ns in $all; do ip netns pids "$ns"; done; pgrep -f -- "-F $DIR/ssh_config" || true)
         [ -z "$pids" ] && break
@@ -90,7 +97,7 @@ down() {
     ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
     [ -n "$(our_namespaces)" ] && left="$left namespace(s) $(our_namespaces | xargs);"
     [ -n "$(our_links)" ] && left="$left interface(s) $(our_links | xargs);"
-    pids=$(pgrep -f -- "$DIR/(sshd_config|ssh_config)" || true)
+    pids=$(pgrep -f -- "$DIR/" || true)
     [ -n "$pids" ] && left="$left process(es) $(echo "$pids" | xargs) using $DIR;"
     rm -rf "$DIR"
     [ -z "$left" ] || die "left behind:$left"
@@ -99,7 +106,66 @@ down() {
 start_sshd() {  # node number: its sshd, in its own UTS namespace named after the node
     local ns=${PREFIX}$1
     ip netns exec "$ns" unshare --uts sh -c \
-        "hostname $ns && exec $SSHD -f $DIR/sshd_config.$ns -E $DIR/sshd.$ns.log"
+        "hostname $ns && $(cgroup_mounts) exec $SSHD -f $DIR/sshd_config.$ns -E $DIR/sshd.$ns.log"
+}
+
+cgroup_mounts() {  # commands that repeat this machine's cgroup mounts inside a node
+    # ip netns exec mounts a fresh /sys, without them; slurmd refuses to start without them
+    awk '$2 ~ "^/sys/fs/cgroup" && ($3 == "tmpfs" || $3 ~ /^cgroup/) {
+        printf "mkdir -p %s && mount -t %s -o %s %s %s && ", $2, $3, $4, $1, $2 }' /proc/self/mounts
+}
+
+slurm() {  # a SLURM cluster of the nodes: slurmctld here (port 6917), one slurmd per node
+    local conf=$DIR/slurm/slurm.conf i n cpus host state
+    for tool in slurmctld slurmd sbatch munge; do
+        command -v "$tool" >/dev/null || cannot "$tool is missing (.ci/slurm-setup.sh installs SLURM)"
+    done
+    munge -n >/dev/null 2>&1 || cannot "munged does not answer (.ci/slurm-setup.sh starts it)"
+    [ -s "$DIR/hostfile" ] || die "no nodes; run '$0 up' first"
+    n=$(wc -l <"$DIR/hostfile")
+    cpus=$(nproc)
+    host=$(hostname -s)
+    mkdir -p "$DIR/slurm/state"
+    {
+        echo "ClusterName=${PREFIX}"
+        echo "SlurmctldHost=$host($NET.1)"
+        echo "SlurmctldPort=6917"
+        echo "SlurmUser=root"
+        echo "AuthType=auth/munge"
+        echo "StateSaveLocation=$DIR/slurm/state"
+        echo "SlurmdSpoolDir=$DIR/slurm/spool.%n"
+        echo "SlurmctldPidFile=$DIR/slurm/slurmctld.pid"
+        echo "SlurmdPidFile=$DIR/slurm/slurmd.%n.pid"
+        echo "SlurmctldLogFile=$DIR/slurm/slurmctld.log"
+        echo "SlurmdLogFile=$DIR/slurm/slurmd.%n.log"
+        echo "ProctrackType=proctrack/linuxproc"
+        echo "TaskPlugin=task/none"
+        echo "SelectType=select/cons_tres"
+        echo "SelectTypeParameters=CR_Core"
+        echo "MpiDefault=none"
+        echo "ReturnToService=2"
+        echo "JobAcctGatherType=jobacct_gather/none"
+        echo "AccountingStorageType=accounting_storage/none"
+        echo "KillWait=5"
+        for i in $(seq "$n"); do
+            echo "NodeName=${PREFIX}$i NodeAddr=$NET.$((i + 1)) CPUs=$cpus State=UNKNOWN"
+        done
+        echo "PartitionName=${PREFIX} Nodes=${PREFIX}[1-$n] Default=YES MaxTime=INFINITE State=UP"
+    } >"$conf"
+    export SLURM_CONF=$conf
+    slurmctld -f "$conf"
+    for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.1; done
+    for i in $(seq "$n"); do
+        "$DIR/bin/ssh" "$NET.$((i + 1))" "SLURM_CONF=$conf slurmd -f $conf -N ${PREFIX}$i"
+    done
+    for _ in $(seq 150); do
+        state=$(sinfo -h -p "$PREFIX" -o %t | sort -u | xargs)
+        [ "$state" = idle ] && break
+        sleep 0.2
+    done
+    [ "$state" = idle ] || die "SLURM nodes are '$state', not idle; see $DIR/slurm/*.log"
+    echo "export SLURM_CONF=$conf" >>"$DIR/env"
+    say "SLURM partition $PREFIX: ${PREFIX}[1-$n], $cpus CPUs each — SLURM_CONF=$conf (in $DIR/env)"
 }
 
 wait_for_ssh() {  # node number
@@ -200,10 +266,11 @@ EOF
 
 case "${1:-}" in
     up) up "${@:2}" ;;
+    slurm) slurm ;;
     sshd) # restart node N's sshd (after a test killed it)
         start_sshd "$2"
         wait_for_ssh "$2"
         ;;
     down) down && say "nothing left" ;;
-    *) die "usage: $0 up [NODES [SLOTS]] | sshd N | down" ;;
+    *) die "usage: $0 up [NODES [SLOTS]] | slurm | sshd N | down" ;;
 esac

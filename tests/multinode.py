@@ -69,6 +69,13 @@ class Nodes:
     def kill_sshd(self, node: int) -> None:
         os.kill(int((self.dir / f"sshd.{self.name(node)}.pid").read_text()), 9)
 
+    def start_slurm(self) -> None:
+        """slurmctld here and a slurmd in every node; partition ``prefix``, SLURM_CONF in DIR/env."""
+        out = _script("slurm", env=self.script_env)
+        if out.returncode == CANNOT:
+            cannot(out.stderr.strip().splitlines()[-1])
+        assert out.returncode == 0, out.stderr
+
     def restart_sshd(self, node: int) -> None:
         _script("sshd", str(node), env=self.script_env, check=True)
 

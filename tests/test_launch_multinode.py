@@ -104,9 +104,11 @@ def case_dir(out: Path, result: dict) -> Path:
     return run_dir / "cases" / result["case_id"]
 
 
-def assert_nodes_idle(nodes: Nodes) -> None:
+def assert_nodes_idle(nodes: Nodes, also_running: tuple[str, ...] = ()) -> None:
+    """Only each node's sshd (and the daemons named) still run there."""
     for node in (1, 2):
-        assert nodes.processes(node) == [], f"left running on {nodes.name(node)}"
+        left = [p for p in nodes.processes(node) if not any(d in p for d in also_running)]
+        assert left == [], f"left running on {nodes.name(node)}"
 
 
 def test_pdsh_zero2_zero3_on_two_nodes_match_the_one_rank_reference(nodes, tmp_path):
@@ -184,6 +186,26 @@ def test_a_node_without_sshd_fails_its_case_naming_the_host(nodes, tmp_path):
     assert result["status"] == "error", output
     assert nodes.addr(2) in result["reason"] and "ssh" in result["reason"], result["reason"]
     assert_nodes_idle(nodes)
+
+
+def test_slurm_runs_zero3_across_two_nodes_one_slurmd_each(nodes, tmp_path):
+    """Last here: from now on the nodes' environment names this cluster's SLURM_CONF."""
+    nodes.start_slurm()
+    path = tmp_path / "slurm.yaml"
+    text = SCENARIO.format(backend="pdsh", zero=3, steps=2, hostfile=nodes.hostfile)
+    path.write_text(
+        text.split("run:")[0] + f"run: {{launcher: slurm, slurm: {{partition: {PREFIX}}}}}\n"
+    )
+    proc = llmbench(nodes, path, tmp_path / "out")
+    output = finish(proc)
+    assert proc.returncode == 0, output
+    (result,) = read_results(run_dirs(tmp_path / "out")[0])
+    directory = case_dir(tmp_path / "out", result)
+    hosts = [json.loads(p.read_text())["host"] for p in sorted(directory.glob("exit.rank*"))]
+    assert result["status"] == "ok" and hosts == [nodes.name(1), nodes.name(2)], output
+    timeline = pd.read_csv(directory / "timeline.csv")
+    assert sorted(timeline["host"].unique()) == [nodes.name(1), nodes.name(2)]
+    assert_nodes_idle(nodes, also_running=("slurmd",))
 
 
 def test_nodes_that_fail_half_made_are_removed(tmp_path):

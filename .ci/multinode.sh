@@ -10,7 +10,7 @@
 #     .ci/multinode.sh sshd 2               # restart node 2's sshd (a test kills it)
 #     .ci/multinode.sh down                 # fails, naming it, if anything is left behind
 #
-# Exit codes: 0 done; 1 failed (nothing of it is left); 3 this machine cannot
+# Exit codes: 0 done; 1 failed (a failed `up` leaves nothing); 3 this machine cannot
 # make nodes at all (not root, a tool missing, network namespaces refused).
 #
 # What `up` makes (root; iproute2, openssh-server, openssh-client):

@@ -37,6 +37,14 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
 
 
+OFFLOAD = ("none", "cpu")
+
+
+def _labels(codes: np.ndarray, names: tuple[str, ...]) -> pd.Categorical:
+    """A text column from integer codes: thousands of rows without a Python string each."""
+    return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int8), categories=names)
+
+
 def _memory(model, cfg, target, resident, **kw) -> MemoryTerms:
     return memory_terms(
         model, cfg, device=target.kind, gpus_per_node=target.gpus_per_node, resident=resident, **kw
@@ -128,10 +136,10 @@ def predict(
     frame = pd.DataFrame(
         {
             "zero_stage": cfg.zero,
-            "precision": np.array(PRECISIONS)[cfg.precision],
-            "offload_optimizer": np.where(cfg.offload_optimizer.astype(bool), "cpu", "none"),
-            "offload_param": np.where(cfg.offload_param.astype(bool), "cpu", "none"),
-            "activation_checkpointing": np.array(CHECKPOINTING)[cfg.checkpointing],
+            "precision": _labels(cfg.precision, PRECISIONS),
+            "offload_optimizer": _labels(cfg.offload_optimizer, OFFLOAD),
+            "offload_param": _labels(cfg.offload_param, OFFLOAD),
+            "activation_checkpointing": _labels(cfg.checkpointing, CHECKPOINTING),
             "cpu_checkpointing": cfg.cpu_checkpointing.astype(bool),
             "tp": cfg.tp,
             "pp": cfg.pp,
@@ -142,7 +150,7 @@ def predict(
             "seq_len": cfg.seq_len,
             **mem.as_columns(),
             "host_offload_bytes_per_node": host_per_node,
-            "fullest_stage": np.where(mem.stage == 1, "last", "first"),
+            "fullest_stage": _labels(mem.stage, ("first", "last")),
             "overhead_bytes": overhead,
             "predicted_bytes": mem.predicted,
             "total_bytes": total,

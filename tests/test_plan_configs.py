@@ -78,3 +78,14 @@ def test_measured_cases_become_configurations():
     )
     assert cfg.lp_bytes[0] == 4
     assert len(cfg.take(np.array([0, 0]))) == 2
+
+
+def test_cpu_checkpointing_is_offered_beside_full_recomputation_only():
+    cfg = enumerate_configs(
+        resolve_dims("gpt2", "125m"), "gpt2", 1, 1024, micro_batches=(1,), cpu_checkpointing=True
+    )
+    on = cfg.cpu_checkpointing.astype(bool)
+    assert on.any() and (cfg.checkpointing[on] == 2).all()
+    assert on.sum() == (cfg.checkpointing[~on] == 2).sum()
+    plain = enumerate_configs(resolve_dims("gpt2", "125m"), "gpt2", 1, 1024, micro_batches=(1,))
+    assert not plain.cpu_checkpointing.any() and len(plain) == (~on).sum()

@@ -194,3 +194,38 @@ def test_zero1_accumulation_keeps_the_whole_low_precision_gradient():
     assert one.grads[z1][0] == pytest.approx(4 * psi / 8)  # fp32 partition at the step
     assert two.grads[z1][0] == pytest.approx(2 * psi)  # whole bf16 gradient between micro-batches
     assert two.grads[z2][0] == one.grads[z2][0]  # ZeRO-2 reduces every micro-batch
+
+
+def test_cpu_checkpointing_moves_every_checkpoint_to_host_memory():
+    model = describe_model("llama-7b")
+    cfg = enumerate_configs(
+        model.dims,
+        "llama",
+        8,
+        2048,
+        precisions=("bf16",),
+        checkpointing=("full",),
+        micro_batches=(2,),
+        zero_offload=((2, False, False),),
+        cpu_checkpointing=True,
+    )
+    assert cfg.cpu_checkpointing.sum() * 2 == len(cfg)
+    terms = memory_terms(model, cfg)
+    on_host = cfg.cpu_checkpointing.astype(bool) & (cfg.tp == 1) & (cfg.pp == 1)
+    on_gpu = ~cfg.cpu_checkpointing.astype(bool) & (cfg.tp == 1) & (cfg.pp == 1)
+    checkpoints = 32 * 2 * 2 * 2048 * 4096  # layers × 2 bytes × micro-batch × seq × hidden
+    assert terms.host_checkpoints[on_host] == pytest.approx(checkpoints)
+    assert terms.host_checkpoints[on_gpu] == 0
+    moved = terms.activations[on_gpu] - terms.activations[on_host]
+    assert moved == pytest.approx(checkpoints)
+    assert terms.host_per_gpu[on_host] - terms.host_per_gpu[on_gpu] == pytest.approx(checkpoints)
+
+
+def test_dropout_masks_are_counted_only_when_dropout_is_on():
+    model = describe_model("gpt2-125m")
+    cfg = configs(0, 1, seq_len=1024)
+    off = memory_terms(model, cfg, dropout=0.0).activations[0]
+    on = memory_terms(model, cfg).activations[0]  # config: GPT-2's own 0.1
+    # on a GPU with flash attention: two residual masks per layer and the embedding's,
+    # one byte per element
+    assert on - off == (2 * 12 + 1) * 1024 * 768

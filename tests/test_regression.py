@@ -149,3 +149,14 @@ def test_history_runs_give_the_noise_band(tmp_path, console):
     step = next(v for v in data["verdicts"] if v["metric"] == "step_time_s_median")
     assert step["band_source"] == "history of 6 runs"
     assert code == 0
+
+
+def test_a_run_with_no_results_is_judged_without_a_crash(tmp_path, console):
+    root = tmp_path / "runs"
+    empty = copy_run(NIGHTLY[4], root)
+    (empty / "results.jsonl").write_text("")
+    code, _ = _after_run(empty, CompareOptions("latest"), console)  # no baseline, no report
+    assert code == 2 and not (empty / "compare" / "report.html").exists()
+    assert "MISSING: the run stored no results" in console.export_text()
+    code, _ = _after_run(empty, CompareOptions(str(NIGHTLY[3])), console)
+    assert code == 2 and "has no results" in console.export_text()

@@ -148,7 +148,9 @@ class Comparison:
     def headline(self) -> str:
         if self.baseline_id is None:
             text = f"no baseline: {self.note}"
-            return f"ERRORED: {len(self.errored)} case(s) errored; {text}" if self.errored else text
+            if self.errored:
+                return f"ERRORED: {len(self.errored)} case(s) errored; {text}"
+            return f"MISSING: the run stored no results; {text}" if self.missing else text
         counts = self.counts()
         missing = self.missing
         if self.errored:
@@ -426,6 +428,10 @@ def no_baseline(current: Run, why: str) -> Comparison:
     comparison = Comparison(None, current.run_id, current.scenario_name, note=why)
     warning = test_hook_warning(current.env)
     comparison.warnings = [f"current {current.run_id}: {warning}"] if warning else []
+    if not current.results:  # a night that measured nothing must not pass
+        comparison.verdicts.append(
+            Verdict("", "(run)", "status", "missing", detail="the run stored no results")
+        )
     for result in current.results:
         if result.status in FAILED_STATUSES:
             comparison.errored.append(result.label)

@@ -107,3 +107,16 @@ def test_json_lines_that_are_not_results_are_skipped_too(tmp_path):
         f"{run / 'results.jsonl'}:8",
     ]
     assert "wrong type of metrics" in messages[1] and len(frame) == 6
+
+
+def test_a_parameter_that_is_a_word_or_a_number_is_text_and_sorts():
+    from llmbench.judge.result import CaseResult
+    from llmbench.judge.runs import results_frame
+
+    results = [
+        CaseResult(str(i), "", {"model.dropout": d}, "ok")
+        for i, d in enumerate(["config", 0.0, 0.1])
+    ]
+    frame = results_frame(results)
+    assert list(frame["model.dropout"]) == ["config", "0", "0.1"]
+    assert list(frame.sort_values("model.dropout")["model.dropout"]) == ["0", "0.1", "config"]

@@ -110,6 +110,18 @@ def _param_value(value: Any) -> Any:
     return value
 
 
+def _one_kind(values: list[Any]) -> list[Any]:
+    """A parameter that is a word or a number (``model.dropout: config | 0.1``) as text
+    throughout, so its column sorts and groups like any other."""
+    kinds = {type(v) for v in values if v is not None}
+    if str not in kinds or len(kinds) == 1:
+        return values
+    return [
+        v if v is None or isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v)
+        for v in values
+    ]
+
+
 def results_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
     """The frame, built column by column (10k results: tens of milliseconds, not seconds).
 
@@ -121,7 +133,7 @@ def results_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
         return pd.DataFrame(columns=IDENTITY)
     columns: dict[str, list[Any]] = {k: [getattr(r, k) for r in results] for k in IDENTITY}
     for key in dict.fromkeys(k for r in results for k in r.params):
-        columns[key] = [_param_value(r.params.get(key)) for r in results]
+        columns[key] = _one_kind([_param_value(r.params.get(key)) for r in results])
     for key in dict.fromkeys(k for r in results for k in r.metrics):
         columns[key] = [r.metrics.get(key) for r in results]
     for key in ("null_reasons", *LISTS, "started_at", "ended_at"):

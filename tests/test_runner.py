@@ -17,6 +17,10 @@ def test_machine_checks():
     assert "local launcher runs one node" in skip_reason(two_nodes, cpu, "local")
     # SLURM nodes have their own GPUs: this machine's count decides nothing for them
     assert skip_reason(one, gpu, "slurm", ranks_here=False) is None
+    (four,) = parse_scenario("parallel: {world_size: 4}").expand()
+    assert "2 CPU cores" in skip_reason(four, cpu, "local")
+    assert skip_reason(four, cpu, "local", oversubscribe=True) is None
+    assert skip_reason(one, gpu, "local", oversubscribe=True) is not None  # GPUs cannot be shared
 
 
 def test_pending_cases_interleave_repeats_and_skip_done():

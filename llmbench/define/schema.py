@@ -263,6 +263,9 @@ class RunSpec(_Section):
     sample_interval_s: PositiveFloat = 0.1
     threads_per_rank: PositiveInt | None = None
     """CPU threads per rank; None: the machine's cores divided among the ranks."""
+    oversubscribe: bool = False
+    """CPU: run more ranks than cores instead of skipping the case. For memory and
+    loss checks at scale; step times then measure ranks sharing cores."""
     hostfile: str | None = None
     include: str | None = None
     """DeepSpeed launcher ``--include`` host/slot filter, e.g. ``localhost:0,1``."""

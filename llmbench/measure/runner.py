@@ -72,7 +72,11 @@ def pending_cases(
 
 
 def skip_reason(
-    case: Case, accel: Accelerator, launcher: str, ranks_here: bool = True
+    case: Case,
+    accel: Accelerator,
+    launcher: str,
+    ranks_here: bool = True,
+    oversubscribe: bool = False,
 ) -> str | None:
     """Why this machine cannot run the case at all (recorded as ``skipped``).
 
@@ -87,8 +91,11 @@ def skip_reason(
     per_node = par.world_size // par.nodes
     if accel.kind == "cuda" and per_node > accel.count:
         return f"needs {per_node} GPUs per node, this machine has {accel.count}"
-    if accel.kind == "cpu" and per_node > accel.count:
-        return f"needs {per_node} ranks per node, this machine has {accel.count} CPU cores"
+    if accel.kind == "cpu" and per_node > accel.count and not oversubscribe:
+        return (
+            f"needs {per_node} ranks per node, this machine has {accel.count} CPU cores"
+            " (run.oversubscribe: true runs them anyway)"
+        )
     return None
 
 
@@ -166,7 +173,11 @@ class Runner:
     def run_case(self, case: Case, repeat: int = 0) -> CaseResult:
         started = now_iso()
         reason = skip_reason(
-            case, self.accel, self.run.launcher, not self.launcher.samples_on_nodes
+            case,
+            self.accel,
+            self.run.launcher,
+            not self.launcher.samples_on_nodes,
+            self.run.oversubscribe,
         )
         if reason:
             result = self._result(case, repeat, "skipped", reason)

@@ -43,18 +43,21 @@ def build_seeded(config, task: str, seed: int, zero3_config: dict[str, Any] | No
     """
     from transformers.initialization import no_init_weights
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(no_init_weights())
-        if zero3_config is None:
+    if zero3_config is None:
+        with no_init_weights():
             model = build_model(config, task, "cpu")
-        else:
-            import deepspeed
-            from transformers.integrations.deepspeed import prevent_arange_dtype_change
+        initialise(model, seed)
+        return model
+    import deepspeed
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
 
-            # keeps RoPE's integer position arange out of zero.Init's dtype cast
-            stack.enter_context(prevent_arange_dtype_change())
-            stack.enter_context(deepspeed.zero.Init(config_dict_or_path=zero3_config))
-            model = build_model(config, task, device=None)
+    # prevent_arange_dtype_change keeps RoPE's integer arange out of zero.Init's dtype cast
+    with (
+        no_init_weights(),
+        prevent_arange_dtype_change(),
+        deepspeed.zero.Init(config_dict_or_path=zero3_config),
+    ):
+        model = build_model(config, task, device=None)
     initialise(model, seed)
     return model
 

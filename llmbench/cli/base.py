@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -35,7 +36,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return fn(*args, **kwargs)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except UserError as exc:
@@ -50,6 +53,11 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(_internal(exc), ExitCode.INTERNAL)
 
     return wrapper
+
+
+def _one_line_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    """A warning (a torn results line cut, a corrupt line skipped) as one line, not two with source."""
+    err_console.print(Text.assemble(("warning:", "yellow"), " ", str(message)), soft_wrap=True)
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:

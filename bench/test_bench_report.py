@@ -56,6 +56,12 @@ def scaled(tmp_path_factory) -> tuple[Path, Path]:
     return _scaled(golden[3], root), _scaled(golden[4], root)
 
 
+def test_read_10k(benchmark, scaled):
+    """The floor under every command: 10,000 result lines (42 MB) parsed and validated."""
+    run = benchmark(read_run, scaled[1])
+    assert len(run.results) == CASES
+
+
 def test_load_10k(benchmark, scaled):
     frame = benchmark(lambda: runs_frame([read_run(scaled[1])]))
     assert len(frame) == CASES

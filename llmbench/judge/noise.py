@@ -14,6 +14,7 @@ the same thing. Figures that can be zero or negative use the values as they are.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -94,7 +95,18 @@ def step_scatter(step_times: Iterable[Sequence[float]]) -> float | None:
     spreads = []
     for steps in step_times:
         if len(steps) >= 3:
-            p10, p50, p90 = np.percentile(np.asarray(steps, dtype=float), [10, 50, 90])
+            p10, p50, p90 = _deciles_10_50_90(steps)
             if p50 > 0:
                 spreads.append((p90 - p10) / p50)
-    return float(np.median(spreads)) if spreads else None
+    return float(statistics.median(spreads)) if spreads else None
+
+
+def _deciles_10_50_90(steps: Sequence[float]) -> tuple[float, float, float]:
+    """numpy.percentile's default (linear) p10, p50, p90. ``statistics.quantiles``'
+    inclusive method is the same rule and ~10x faster on a case's few dozen steps
+    (compare on 10k cases calls this 20k times); a missing step (null) goes to numpy."""
+    try:
+        deciles = statistics.quantiles(steps, n=10, method="inclusive")
+    except TypeError:
+        return tuple(np.percentile(np.asarray(steps, dtype=float), [10, 50, 90]))
+    return deciles[0], deciles[4], deciles[8]

@@ -17,6 +17,12 @@ timeline.csv files); each scenario.yaml records the settings the run used.
 * ``levels/``: the repeats of ``repeats/t1`` then ``repeats/t2``, each repeat
   (its own process, run one after the other) as a run directory of its own:
   a history of 8 runs with a real level shift at the fifth (1 → 2 threads).
+* ``gate/``: back-to-back runs of ``bench/gate.yaml`` (tiny GPT-2 ZeRO-2, 1
+  rank, 3 repeats × 12 steps) by ``bench/gate_quality.py collect`` on the
+  shared 2-core machine (1-minute load 15-23 from other engineers' tests),
+  ``OMP_WAIT_POLICY=PASSIVE``: unchanged code, with one run on one core
+  instead of two (``run.threads_per_rank=1``) and one slowed 10 % by the
+  test-only hook (``LLMBENCH_TEST_SLOWDOWN=0.1``, recorded in its env.json).
 """
 
 from __future__ import annotations

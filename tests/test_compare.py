@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ from golden_runs import copy_run, runs
 
 from llmbench.cli import cli
 from llmbench.errors import UserError
-from llmbench.judge.compare import _settle, compare_runs
+from llmbench.judge.compare import Comparison, _settle, compare_runs
 from llmbench.judge.noise import Band
 from llmbench.judge.runs import read_run
 from llmbench.judge.thresholds import Thresholds, parse_option, parse_spec
@@ -262,3 +263,64 @@ def test_unknown_run_is_a_usage_error(cli_runner, tmp_path):
         cli, ["compare", "no-such-run", str(T1), "--history", str(tmp_path / "h.sqlite")]
     )
     assert result.exit_code == 2 and "no-such-run" in result.output
+
+
+# --------------------------------------------------------------------------- gate golden runs
+# tests/data/runs/gate: back-to-back runs of bench/gate.yaml on this shared 2-core
+# machine (tests/golden_runs.py says how), judged as `run --compare-to latest` does.
+
+GATE = runs("gate")
+
+
+def _kind(path: Path) -> str:
+    """What a golden gate run is, from its own files (nothing kept on the side)."""
+    if json.loads((path / "env.json").read_text()).get("test_slowdown"):
+        return "injected"
+    if "threads_per_rank: 1" in (path / "scenario.yaml").read_text():
+        return "threads1"
+    return "unchanged"
+
+
+@functools.cache
+def _nightly() -> list[tuple[str, Comparison]]:
+    """Each run against the unchanged run before it, the unchanged runs before that as history."""
+    judged, earlier = [], []
+    for path in GATE:
+        run = read_run(path)
+        if earlier:
+            judged.append((_kind(path), compare_runs(earlier[-1], run, history=earlier)))
+        if _kind(path) == "unchanged":
+            earlier.append(run)
+    return judged
+
+
+def test_back_to_back_unchanged_runs_raise_no_false_alarm():
+    unchanged = [c for kind, c in _nightly() if kind == "unchanged"]
+    assert len(unchanged) >= 7
+    assert [c.exit_code for c in unchanged] == [0] * len(unchanged)
+    # ... although run-to-run moves went past the 5 % thresholds: the band held them
+    noisy = [v for c in unchanged for v in c.verdicts if v.verdict == "noisy"]
+    assert noisy and all(abs(v.change_rel) > 0.05 for v in noisy)
+
+
+def test_one_core_instead_of_two_is_caught_and_shown_against_its_band():
+    judged = dict((i, c) for i, (kind, c) in enumerate(_nightly()) if kind == "threads1")
+    slowed = judged[max(judged)]  # the later one: a real slowdown of several-fold
+    step = next(v for v in slowed.verdicts if v.metric == "step_time_s_median")
+    assert slowed.exit_code == 1 and step.verdict == "regression"
+    assert step.band_source.startswith("history of") and step.current > step.band_high
+    # the earlier one ran while the machine was loaded: one thread was *faster* than
+    # two competing for two busy cores; judged as measured, not as expected
+    early = judged[min(judged)]
+    assert next(v for v in early.verdicts if v.metric == "step_time_s_median").verdict == (
+        "improvement"
+    )
+
+
+def test_the_injected_slowdown_is_caught_and_never_silent():
+    (injected,) = [c for kind, c in _nightly() if kind == "injected"]
+    assert injected.exit_code == 1
+    assert {v.metric for v in injected.verdicts if v.verdict == "regression"} >= {
+        "step_time_s_median"
+    }
+    assert any("test-only slowdown hook" in w for w in injected.warnings)

@@ -51,10 +51,14 @@ def test_repeats_band_pools_both_runs_spread_around_the_baseline():
     assert repeats_band([10.0], [20.0, 21.0]) is None
 
 
-def test_the_widest_band_wins():
-    wide = noise_band([Band(1.0, 2.0, "history of 6 runs"), None, Band(1.5, 3.0, "repeats 3+3")])
-    assert wide == Band(1.0, 3.0, "history of 6 runs and repeats 3+3")
-    assert noise_band([None, None]) is None
+def test_the_history_decides_once_it_is_long_enough():
+    """One stalled process of three inflates the repeats band; the history is not fooled."""
+    history = [1.0, 1.02, 0.98, 1.01, 0.99]
+    stalled = ([1.0, 1.01, 5.0], [1.2, 1.21, 1.19])
+    assert noise_band(history[:4], *stalled) == repeats_band(*stalled)
+    band = noise_band(history, *stalled)
+    assert band == history_band(history) and band.high < 1.2 < repeats_band(*stalled).high
+    assert noise_band([], [1.0], [1.0]) is None
 
 
 def test_step_scatter_is_the_median_process_spread():

@@ -9,17 +9,19 @@ A metric has *changed* only when both hold:
 2. the current value lies outside the metric's **noise band**: how far the
    value moves between runs of unchanged code on this machine, measured, not
    assumed (bands of positive figures are ratios, computed on logarithms:
-   noise.py). Two sources, the wider band winning when both exist:
+   noise.py). Two sources:
 
-   * **history**: the case's value (median over its repeats) in the last good
-     runs of the same scenario and environment fingerprint (at least
-     ``MIN_HISTORY``): their median ± ``NOISE_Z`` robust standard deviations
-     (1.4826 × the median absolute deviation) — Bencher's and conbench's
-     statistical thresholds, made robust to the odd wild night;
-   * **repeats**: ``run.repeats`` are separate processes, interleaved across
-     the run (asv's design: compare per-process statistics, never per-step
-     samples): the baseline's value ± ``NOISE_Z`` pooled standard deviations
-     of the per-process values of both runs around their own medians.
+   * **history**, when it has at least ``MIN_HISTORY`` runs: the case's value
+     (median over its repeats) in the last ``HISTORY_RUNS`` good runs of the
+     same scenario and environment fingerprint: their median ± ``NOISE_Z``
+     robust standard deviations (1.4826 × the median absolute deviation) —
+     Bencher's and conbench's statistical thresholds, made robust to the odd
+     wild night;
+   * **repeats**, until then: ``run.repeats`` are separate processes,
+     interleaved across the run (asv's design: compare per-process
+     statistics, never per-step samples): the baseline's value ± ``NOISE_Z``
+     pooled standard deviations of the per-process values of both runs
+     around their own means.
 
    Per-step times are not samples of a run's level: the steps of one run
    share that run's conditions, so a test on them calls every ordinary
@@ -27,6 +29,11 @@ A metric has *changed* only when both hold:
    code failed that way). Their scatter is kept as a within-run quality
    figure: a run whose own step scatter is ``SCATTER_FACTOR`` × the
    baseline's is flagged as disturbed.
+
+A profiled run's phase and collective figures (``run.profile: breakdown``) are
+judged the same way, by default, when both runs measured them, and a
+step-time change of such a case names the phases that moved in its verdict's
+detail (attribution.py).
 
 Beyond the threshold but inside the band is *noisy*: shown, never a failure.
 A metric with no band (one repeat each and too little history) is judged by
@@ -54,14 +61,13 @@ import numpy as np
 import pandas as pd
 
 from llmbench.errors import ExitCode, UserError
+from llmbench.judge.attribution import annotate, measured_in_all, scattered_phase
 from llmbench.judge.fingerprint import env_differences, test_hook_warning
 from llmbench.judge.noise import (
     HISTORY_RUNS,
     SCATTER_FACTOR,
     Band,
-    history_band,
     noise_band,
-    repeats_band,
     step_scatter,
 )
 from llmbench.judge.runs import DEVICE_MEMORY, FAILED_STATUSES, Run, per_case, runs_frame
@@ -232,7 +238,8 @@ def _sides(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, _Side]:
     columns = ["case_id", "label", "status", "reason", "null_reasons", *present]
     records = cases[[c for c in columns if c in cases.columns]].to_dict("records")
     rows: dict[str, list[dict[str, Any]]] = {}
-    for row in frame[["case_id", "status", "step_times_s", *present]].to_dict("records"):
+    lists = ["step_times_s", *(["phase_times_s"] if "phase_times_s" in frame.columns else [])]
+    for row in frame[["case_id", "status", *lists, *present]].to_dict("records"):
         row["status"] = str(row["status"])
         rows.setdefault(row["case_id"], []).append(row)
     out = {}
@@ -262,8 +269,9 @@ def history_values(
 def compared_metrics(
     frames: Sequence[pd.DataFrame], thresholds: Thresholds, metrics: Sequence[str] = ()
 ) -> list[str]:
-    """The metrics to judge: those asked for (or the defaults), plus any given a threshold."""
-    wanted = list(metrics or DEFAULT_METRICS)
+    """The metrics to judge: those asked for (or the defaults, with the profile figures both
+    runs measured), plus any given a threshold."""
+    wanted = list(metrics or (*DEFAULT_METRICS, *measured_in_all(frames)))
     wanted += [m for m, t in thresholds.overrides.items() if t is not None and m not in wanted]
     present = [m for m in wanted if any(m in f.columns and f[m].notna().any() for f in frames)]
     for metric in metrics:
@@ -294,7 +302,7 @@ def _metric_verdict(
         return verdict
     base_values, cur_values = base.values(metric), cur.values(metric)
     verdict.n_baseline, verdict.n_current = len(base_values), len(cur_values)
-    band = noise_band([history_band(history), repeats_band(base_values, cur_values)])
+    band = noise_band(history, base_values, cur_values)
     if band is not None:
         verdict.band_low, verdict.band_high, verdict.band_source = band.low, band.high, band.source
     verdict.change = c - b
@@ -308,9 +316,10 @@ def _scatter_flag(base: _Side, cur: _Side) -> str | None:
     own, theirs = cur.scatter(), base.scatter()
     if own is None or theirs is None or own <= SCATTER_FACTOR * max(theirs, 0.01):
         return None
+    where = scattered_phase(base.processes, cur.processes)
     return (
         f"{cur.case['label']}: step scatter (p90−p10)/median {own:.0%} vs the baseline's "
-        f"{theirs:.0%}: a disturbed run"
+        f"{theirs:.0%}: a disturbed run" + (f", {where}" if where else "")
     )
 
 
@@ -415,6 +424,7 @@ def compare_runs(
     for case_id, base in base_sides.items():
         if case_id not in cur_sides:
             comparison.verdicts.append(_missing_verdict(case_id, base.case, thresholds))
+    annotate(comparison)  # a step-time change of a profiled case names its phases
     return comparison
 
 

@@ -80,14 +80,18 @@ def repeats_band(baseline: Sequence[float], current: Sequence[float]) -> Band | 
     return _band(float(np.median(b)), NOISE_Z * sd, log, f"repeats {len(b)}+{len(c)}")
 
 
-def noise_band(bands: Iterable[Band | None]) -> Band | None:
-    """The widest extent of the bands measured (a change must clear every one)."""
-    found = [b for b in bands if b is not None]
-    if not found:
-        return None
-    return Band(
-        min(b.low for b in found), max(b.high for b in found), " and ".join(b.source for b in found)
-    )
+def noise_band(
+    history: Sequence[float], baseline: Sequence[float], current: Sequence[float]
+) -> Band | None:
+    """The band a change must clear: the history's when it has enough runs, else the repeats'.
+
+    The history band measures exactly what a verdict needs — how the run-level
+    figure (the median of a run's processes) moves between runs of unchanged
+    code — and includes the process-to-process scatter behind it. The repeats
+    band stands in until the history is long enough; it sees only the scatter
+    within two runs, and one process of three stalled by a neighbour inflates it.
+    """
+    return history_band(history) or repeats_band(baseline, current)
 
 
 def step_scatter(step_times: Iterable[Sequence[float]]) -> float | None:

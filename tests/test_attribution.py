@@ -1,9 +1,37 @@
-"""A step-time change of a profiled case is attributed to the phases that moved."""
+"""A step-time change of a profiled case is attributed to the phases that moved.
+
+Unit tests on hand-made verdicts, ``compare`` on a golden profiled run
+(tests/data/runs/profile: tiny GPT-2, ZeRO 0/2/3 × 1-2 ranks and a 2-stage
+pipeline case, ``run.profile=breakdown``, recorded on the shared 2-core
+machine) with a slowdown written into a copy, and one end-to-end comparison of
+two real runs.
+"""
 
 from __future__ import annotations
 
-from llmbench.judge.attribution import attribute, phase_of, profile_metrics
-from llmbench.judge.compare import Comparison, Verdict
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from golden_runs import runs
+from rich.console import Console
+
+from llmbench.judge.attribution import (
+    attribute,
+    measured_in_all,
+    phase_of,
+    profile_metrics,
+    scattered_phase,
+)
+from llmbench.judge.compare import Comparison, Verdict, compare_runs
+from llmbench.judge.report import verdicts
+from llmbench.judge.runs import read_run, runs_frame
+from llmbench.measure.slowdown import ENV as SLOWDOWN_ENV
+from tests.conftest import run_dirs, run_llmbench
+
+(PROFILED,) = runs("profile")
+STEP = "step_time_s_median"
 
 
 def _verdict(metric: str, base: float, cur: float, verdict: str = "unchanged") -> Verdict:
@@ -16,7 +44,7 @@ def test_an_injected_optimizer_slowdown_is_named_first():
     """20 ms injected into the optimizer step of a 100 ms step: optimizer_step leads."""
     comparison = Comparison("base", "cur", "s")
     comparison.verdicts = [
-        _verdict("step_time_s_median", 0.100, 0.121, "regression"),
+        _verdict(STEP, 0.100, 0.121, "regression"),
         _verdict("phase_forward_s_median", 0.030, 0.0305),
         _verdict("phase_backward_s_median", 0.050, 0.0505),
         _verdict("phase_optimizer_step_s_median", 0.018, 0.038, "regression"),
@@ -30,11 +58,11 @@ def test_an_injected_optimizer_slowdown_is_named_first():
 def test_no_attribution_without_a_step_change_or_phases():
     comparison = Comparison("base", "cur", "s")
     comparison.verdicts = [
-        _verdict("step_time_s_median", 0.100, 0.101),
+        _verdict(STEP, 0.100, 0.101),
         _verdict("phase_forward_s_median", 0.030, 0.040, "regression"),
     ]
     assert attribute(comparison) == []
-    comparison.verdicts = [_verdict("step_time_s_median", 0.100, 0.200, "regression")]
+    comparison.verdicts = [_verdict(STEP, 0.100, 0.200, "regression")]
     assert attribute(comparison) == []
 
 
@@ -45,3 +73,118 @@ def test_names():
         "comm_bytes_per_step",
         "phase_forward_s_median",
     ]
+
+
+def _slowed(tmp_path: Path, phase: str, fraction: float, drop_profile: bool = False) -> Path:
+    """A copy of the golden run whose ``phase`` grew by ``fraction`` × each case's step
+    (step time with it, throughput down); or, ``drop_profile``, the run unprofiled."""
+    out = tmp_path / "slowed"
+    out.mkdir()
+    lines = []
+    for line in (PROFILED / "results.jsonl").read_text().splitlines():
+        result = json.loads(line)
+        m = result["metrics"]
+        if drop_profile:
+            result["metrics"] = {
+                k: v for k, v in m.items() if not k.startswith(("phase_", "comm_"))
+            }
+            result["phase_times_s"] = None
+        elif m.get(f"phase_{phase}_s_median") is not None:
+            added = fraction * m[STEP]
+            m[f"phase_{phase}_s_median"] += added
+            m[STEP] += added
+            m["tokens_per_s"] /= 1 + fraction
+        lines.append(json.dumps(result))
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    for name in ("env.json", "scenario.yaml"):
+        (out / name).write_text((PROFILED / name).read_text())
+    return out
+
+
+def test_compare_judges_phases_by_default_and_names_the_one_that_moved(tmp_path):
+    """Backward grown by 30 % of each profiled case's step: every such case regresses, and its
+    step-time verdict says backward moved — on the terminal, Markdown, JUnit and JSON."""
+    base, cur = read_run(PROFILED), read_run(_slowed(tmp_path, "backward", 0.30))
+    comparison = compare_runs(base, cur)
+    judged = {v.metric for v in comparison.verdicts}
+    assert {"phase_backward_s_median", "phase_forward_s_median", "comm_s_median"} <= judged
+    steps = [v for v in comparison.verdicts if v.metric == STEP]
+    assert len(steps) == 7
+    for v in steps:
+        if v.verdict == "unchanged":  # the pipeline case: no phases, nothing injected
+            assert "2 pp2" in v.label and v.detail == ""
+            continue
+        assert v.verdict == "regression"
+        assert v.detail.startswith("step_time +30 % — backward +"), v.detail
+    assert comparison.exit_code == 1 and not comparison.missing
+    line = next(v.detail for v in steps if v.verdict == "regression")
+    console = Console(width=400, record=True)
+    console.print(verdicts.terminal(comparison))
+    assert line in console.export_text()
+    assert line in verdicts.summary_markdown(comparison).replace("\\_", "_")
+    cases = ET.fromstring(verdicts.junit_xml(comparison)).iter("testcase")
+    failed = [c.find("failure") for c in cases if c.get("name") == STEP]
+    assert any(f is not None and line in f.get("message", "") for f in failed)
+    doc = json.loads(verdicts.to_json(comparison))
+    assert len(doc["attributions"]) == 6
+    assert {a["phases"][0]["phase"] for a in doc["attributions"]} == {"backward"}
+    assert any(v["detail"] == line for v in doc["verdicts"] if v["metric"] == STEP)
+
+
+def test_an_unprofiled_run_is_compared_without_its_phases(tmp_path):
+    """Profiling is a run setting: dropping it is not missing data (no exit 2)."""
+    base, cur = read_run(PROFILED), read_run(_slowed(tmp_path, "", 0, drop_profile=True))
+    assert measured_in_all([runs_frame([base]), runs_frame([cur])]) == []
+    comparison = compare_runs(base, cur)
+    assert not any(phase_of(v.metric) for v in comparison.verdicts)
+    assert not comparison.missing
+
+
+def test_a_disturbed_run_names_the_phase_that_scattered():
+    steady = [{"status": "ok", "phase_times_s": {"forward": [0.01] * 6, "backward": [0.02] * 6}}]
+    noisy = [
+        {"status": "ok", "phase_times_s": {"forward": [0.01] * 6, "backward": [0.02, 0.06] * 3}}
+    ]
+    assert scattered_phase(steady, noisy) == (
+        "most in backward (p90−p10 40.0 ms per step vs 0.0 ms)"
+    )
+    assert scattered_phase(noisy, steady) is None
+    assert scattered_phase([{"status": "ok", "phase_times_s": None}], noisy) is None
+
+
+SCENARIO = """\
+name: attribution
+model: {family: gpt2, size: tiny}
+training: {seq_len: 32, micro_batch: 2, warmup_steps: 1, steps: 4}
+deepspeed: {zero_stage: 1, precision: bf16}
+run: {sampling: false, timeout_s: 300, profile: breakdown}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ds_ops")
+def test_compare_attributes_a_real_slowdown_to_its_phase(tmp_path, monkeypatch):
+    """Two real runs; the second sleeps 1 × each timed step inside the step (the test-only
+    hook, measure/slowdown.py) and compares itself with the first, as a nightly does. The
+    sleep follows DeepSpeed's engine.step, outside every DeepSpeed timer, so it lands in
+    ``other``, and compare must say so. ``other`` leads whatever the load does to the
+    rest: the sleep equals the whole slowed step, more than any one phase of it grew."""
+    scenario = tmp_path / "attribution.yaml"
+    scenario.write_text(SCENARIO)
+    done = run_llmbench(["run", str(scenario), "--output-dir", str(tmp_path / "base")])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (base,) = run_dirs(tmp_path / "base")
+    monkeypatch.setenv(SLOWDOWN_ENV, "1.0")
+    args = ["run", str(scenario), "--output-dir", str(tmp_path / "slow"), "--compare-to", base]
+    done = run_llmbench([str(a) for a in args])
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    (slow,) = run_dirs(tmp_path / "slow")
+    doc = json.loads((slow / "compare" / "verdicts.json").read_text())
+    (step,) = [v for v in doc["verdicts"] if v["metric"] == STEP]
+    assert step["verdict"] == "regression"
+    assert step["detail"].startswith("step_time +"), step["detail"]
+    assert " — other +" in step["detail"], step["detail"]
+    (found,) = doc["attributions"]
+    assert found["phases"][0]["phase"] == "other"
+    summary = (slow / "compare" / "summary.md").read_text().replace("\\_", "_")
+    assert found["text"] in summary

@@ -1,15 +1,24 @@
-"""Which phase moved: a step-time change of a profiled case, attributed to its phases.
+"""Which phase moved: a profiled case's step-time change, attributed to its phases.
 
 A run made with ``run.profile: breakdown`` stores, per case, the median
-seconds of each phase of a step (``phase_<name>_s_median``) and the per-step
-seconds behind them (``phase_times_s``). ``compare`` judges those like any
-metric (thresholds and a Mann-Whitney U test on the per-step phase times);
-this module turns the verdicts of one case into the sentence a reader needs,
-e.g. ``step_time +14 % — backward +31 %, optimizer_step +2 %``: the phases
-listed by how many seconds of the step's change they explain, largest first.
+seconds of each phase of a step (``phase_<name>_s_median``), collective
+figures (``comm_*``), and the per-step seconds behind the phases
+(``phase_times_s``). ``compare`` judges the profile figures by default when
+both runs measured them, exactly like step time: past the threshold
+(``phase_*_s_*: +10%,+1ms``) and outside the between-run noise band of the
+repeats or the history. The per-step phase times are not samples of a run's
+level (the steps of one run share its conditions: see compare.py); they are
+used where compare uses per-step times at all, for the within-run scatter of a
+disturbed run, to say which phase scattered.
+
+This module turns one case's verdicts into the sentence a reader needs, e.g.
+``step_time +14 % — backward +31 %, optimizer_step +2 %``: the phases listed
+by how many seconds of the step's change they explain, largest first. The
+sentence becomes the step-time verdict's detail, so every rendering (terminal,
+Markdown, JUnit, JSON, HTML) carries it on that verdict's own line.
 
 It reads verdicts and frame rows as plain data and never imports compare, so
-compare can use its names without an import cycle.
+compare can use it without an import cycle.
 """
 
 from __future__ import annotations
@@ -18,19 +27,23 @@ import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:
-    from llmbench.judge.compare import Comparison, Verdict
+    import pandas as pd
 
 STEP_METRIC = "step_time_s_median"
 PHASES = ("data", "forward", "backward", "optimizer_step", "other")
 """The phases that add up to a step (runs' ``profile_summary.STEP_PHASES``)."""
 JUDGED = ("phase_*_s_median", "comm_bytes_per_step", "comm_s_median")
-"""Profile figures compare judges by default when a run has them."""
+"""Profile figures compare judges by default when both runs have them."""
 _PHASE_METRIC = re.compile(r"^phase_(\w+?)_s_median$")
 SHOWN = 3
 """Phases named in one attribution; the rest move less."""
+PERCENT_UP_TO = 10.0
+"""A phase that grew past 1000 % (a tiny ``other`` or ``data`` that ballooned) says it in ms."""
 
 
 def phase_metric(phase: str) -> str:
@@ -48,14 +61,39 @@ def profile_metrics(columns: Iterable[str]) -> list[str]:
     return sorted({c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in JUDGED)})
 
 
-def phase_steps(rows: Sequence[dict[str, Any]], phase: str) -> tuple[float, ...]:
-    """Per-step seconds of one phase over the ok rows (repeats) of a case."""
-    return tuple(
-        t
-        for r in rows
-        if r.get("status") == "ok" and isinstance(r.get("phase_times_s"), dict)
-        for t in r["phase_times_s"].get(phase, ())
-    )
+def measured_in_all(frames: Sequence[pd.DataFrame]) -> list[str]:
+    """Profile figures every frame measured for some case.
+
+    A profile figure only one run has is not judged at all: profiling is a
+    run setting, so an unprofiled current run against a profiled baseline is a
+    choice, not lost data for the fail-closed gate (a case of a profiled run
+    that lost its phases still is: its null figure is judged *missing*).
+    """
+    columns = set().union(*(f.columns for f in frames)) if frames else set()
+    return [
+        m
+        for m in profile_metrics(columns)
+        if all(m in f.columns and f[m].notna().any() for f in frames)
+    ]
+
+
+class Verdict(Protocol):
+    """What attribution reads of a compare verdict (compare.Verdict)."""
+
+    case_id: str
+    label: str
+    metric: str
+    verdict: str
+    change: float | None
+    change_rel: float | None
+    detail: str
+
+
+class Comparison(Protocol):
+    """What attribution reads of a comparison (compare.Comparison)."""
+
+    @property
+    def verdicts(self) -> Sequence[Verdict]: ...
 
 
 @dataclass(frozen=True)
@@ -70,10 +108,24 @@ class Attribution:
 
     def text(self) -> str:
         moved = ", ".join(
-            f"{name} {_percent(rel)}" if rel is not None else f"{name} {delta * 1e3:+.2f} ms"
+            f"{name} {_percent(rel)}"
+            if rel is not None and abs(rel) <= PERCENT_UP_TO
+            else f"{name} {delta * 1e3:+.2f} ms"
             for name, delta, rel in self.phases
         )
         return f"step_time {_percent(self.step_change_rel)} — {moved}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "label": self.label,
+            "text": self.text(),
+            "step_change_rel": self.step_change_rel,
+            "phases": [
+                {"phase": name, "change_s": delta, "change_rel": rel}
+                for name, delta, rel in self.phases
+            ],
+        }
 
 
 def _percent(rel: float) -> str:
@@ -102,3 +154,44 @@ def attribute(comparison: Comparison) -> list[Attribution]:
         moved.sort(key=lambda m: abs(m[1]), reverse=True)
         found.append(Attribution(case_id, step.label, step.change_rel, tuple(moved[:SHOWN])))
     return found
+
+
+def annotate(comparison: Comparison) -> list[Attribution]:
+    """Put each attribution on its step-time verdict's detail (first), and return them."""
+    found = attribute(comparison)
+    by_case = {a.case_id: a for a in found}
+    for v in comparison.verdicts:
+        if v.metric == STEP_METRIC and v.case_id in by_case:
+            text = by_case[v.case_id].text()
+            v.detail = f"{text}; {v.detail}" if v.detail else text
+    return found
+
+
+def _spread_s(rows: Sequence[dict[str, Any]], phase: str) -> float | None:
+    """p90 − p10 of one phase's per-step seconds, per process (repeat), median over them."""
+    spreads = []
+    for r in rows:
+        steps = (r.get("phase_times_s") or {}).get(phase) if r.get("status") == "ok" else None
+        if steps is not None and len(steps) >= 3:
+            p10, p90 = np.percentile(np.asarray(steps, dtype=float), [10, 90])
+            spreads.append(float(p90 - p10))
+    return float(np.median(spreads)) if spreads else None
+
+
+def scattered_phase(
+    baseline: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]
+) -> str | None:
+    """Of a disturbed run, the phase whose per-step scatter (in seconds) grew most, as text.
+
+    Both sides' rows are one case's processes with their ``phase_times_s``;
+    None when either run has no breakdown or no phase scattered more.
+    """
+    grown = []
+    for phase in PHASES:
+        base, cur = _spread_s(baseline, phase), _spread_s(current, phase)
+        if base is not None and cur is not None and cur > base:
+            grown.append((cur - base, phase, base, cur))
+    if not grown:
+        return None
+    _, phase, base, cur = max(grown)
+    return f"most in {phase} (p90−p10 {cur * 1e3:.1f} ms per step vs {base * 1e3:.1f} ms)"

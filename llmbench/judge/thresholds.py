@@ -34,7 +34,7 @@ DEFAULT_SPECS = (
     # phases and collectives of run.profile: breakdown; a millisecond floor keeps
     # sub-millisecond phases (data, other) from alarming on scheduler jitter
     ("phase_*_s_*", "+10%,+1ms"),
-    ("comm_*_s_median", "+10%,+1ms"),
+    ("comm_*s_median", "+10%,+1ms"),  # comm_s_median and comm_<op>_s_median
     ("comm_*bytes_per_step", "+1%"),
     ("*_s", "+5%"),
 )

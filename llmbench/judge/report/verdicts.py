@@ -1,7 +1,8 @@
 """Renderings of a comparison: terminal table, Markdown summary, JUnit XML, JSON, HTML.
 
 Every rendering shows each metric's noise band next to its change, so a
-reader sees why a change is, or is not, a regression.
+reader sees why a change is, or is not, a regression; a step-time verdict of
+a profiled case names the phases that moved in its detail (attribution.py).
 
 The Markdown summary is sized for a CI step summary (GitHub caps one at
 1 MiB): rows are added worst first until the budget is spent, then a line
@@ -153,8 +154,6 @@ def terminal(comparison: Comparison) -> Group:
     parts.append(table)
     if hidden:
         parts.append(Text(hidden, style="dim"))
-    for found in attribute(comparison):
-        parts.append(Text(f"{found.label}: {found.text()}"))
     return Group(*parts)
 
 
@@ -181,8 +180,6 @@ def summary_markdown(comparison: Comparison) -> str:
         return "\n".join(lines)
     counts = {k: n for k, n in comparison.counts().items() if n}
     lines += [markdown.table(list(counts), [[str(n) for n in counts.values()]]), ""]
-    lines += [f"- {markdown.escape(f'{a.label}: {a.text()}')}" for a in attribute(comparison)]
-    lines += [""] if lines[-1] != "" else []
     head = markdown.table(HEADER, [], right=NUMERIC)
     text = "\n".join(lines) + "\n" + head + "\n"
     used = len(text.encode())
@@ -275,10 +272,8 @@ def to_json(comparison: Comparison) -> str:
                 "note": comparison.note,
                 # vars(): a flat record; asdict's deep copy costs seconds on 30,000 rows
                 "verdicts": [vars(v) for v in comparison.sorted_verdicts()],
-                "attributions": [
-                    {"case_id": a.case_id, "label": a.label, "text": a.text()}
-                    for a in attribute(comparison)
-                ],
+                # also each step-time verdict's detail; here with the phases' figures
+                "attributions": [a.to_dict() for a in attribute(comparison)],
             },
             allow_nan=False,
         )

@@ -7,8 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+from golden_runs import runs
 
-from llmbench.measure.profile import RANGES, STEP_RANGE, TRACE_STEPS
+from llmbench.judge.report.breakdown import breakdown_table
+from llmbench.judge.runs import read_run, runs_frame
+from llmbench.measure.profile import (
+    PIPELINE_NO_TIMERS,
+    RANGES,
+    STEP_RANGE,
+    TRACE_STEPS,
+    ds_config,
+)
 from tests.conftest import read_results, run_dirs, run_llmbench
 
 TINY = """\
@@ -123,3 +132,22 @@ def test_a_mistyped_mode_is_one_line_with_a_suggestion(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert f"{scenario}:2: run.profile:" in line and "(did you mean trace?)" in line
     assert "Traceback" not in done.stderr
+
+
+def test_a_pipeline_case_runs_and_its_report_row_says_why_it_has_no_phases():
+    """DeepSpeed's pipeline engine asserts with its wall-clock timers on (it starts
+    bwd_microstep twice), so a profiled pp > 1 case runs without them: ok, phases null
+    with that reason, shown in the breakdown table (tests/data/runs/profile, a real run)."""
+    (golden,) = runs("profile")
+    frame = runs_frame([read_run(golden)])
+    (pipe,) = [r for r in read_results(golden) if r["params"]["parallel.pp"] == 2]
+    assert pipe["status"] == "ok"
+    assert pipe["metrics"]["phase_forward_s_median"] is None
+    assert pipe["null_reasons"]["phase_forward_s_median"] == PIPELINE_NO_TIMERS
+    assert ds_config("breakdown", pipeline=True) == {}
+    table = breakdown_table(frame)
+    assert table is not None and table.header[-1] == "no phases because"
+    rows = {tuple(r[:3]): r for r in table.rows}
+    assert rows[("0", "2", "2")][-1] == PIPELINE_NO_TIMERS
+    assert rows[("0", "2", "2")][4:9] == ["–"] * 5
+    assert all(r[-1] == "" for key, r in rows.items() if key[2] == "1")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llmbench.judge.result import CaseResult
 from llmbench.measure.metrics import StepShape
-from llmbench.measure.profile import DS_TIMERS
+from llmbench.measure.profile import DS_TIMERS, PIPELINE_NO_TIMERS
 from llmbench.measure.record import RankRecord
 
 ADDITIVE = ("data", "forward", "backward", "optimizer_step")
@@ -30,7 +30,7 @@ ADDITIVE = ("data", "forward", "backward", "optimizer_step")
 PARTS = ("backward_inner", "backward_reduce")
 """Parts of ``backward``."""
 STEP_PHASES = (*ADDITIVE, "other")
-NO_TIMERS = "DeepSpeed's engine timers were not filled (pipeline engine or no timed steps)"
+NO_TIMERS = "DeepSpeed's engine timers were not filled (no timed steps)"
 NOT_TRAINING = "a communication case has no training phases"
 FLOPS_FACTOR = 3
 """Backward ≈ 2× forward FLOPs: DeepSpeed's own training estimate from the profiler's forward count."""
@@ -76,13 +76,12 @@ def step_phases(records: list[RankRecord]) -> dict[str, list[float]] | None:
 
 def _breakdown(result: CaseResult, records: list[RankRecord], shape: StepShape | None) -> None:
     phases = step_phases(records) if result.status == "ok" and shape is not None else None
-    why = (
-        NOT_TRAINING
-        if shape is None
-        else NO_TIMERS
-        if result.status == "ok"
-        else f"case {result.status}"
-    )
+    if shape is None:
+        why = NOT_TRAINING
+    elif result.status != "ok":
+        why = f"case {result.status}"
+    else:
+        why = PIPELINE_NO_TIMERS if result.params.get("parallel.pp", 1) > 1 else NO_TIMERS
     names = (*STEP_PHASES, *PARTS)
     if phases is None:
         for name in names:

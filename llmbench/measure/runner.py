@@ -205,7 +205,7 @@ class Runner:
             spec=spec.model_dump(mode="json"),
             ds_config=deep_merge(
                 deepspeed_config(spec, micro_batch, self.torch_adam),
-                profile_config(self.run.profile),
+                profile_config(self.run.profile, pipeline=spec.parallel.pp > 1),
             ),
             micro_batch=micro_batch,
             device=self.accel.kind,

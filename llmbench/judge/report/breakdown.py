@@ -2,7 +2,9 @@
 
 The phase shares are those stored with the result (``phase_share_*``, the
 phase's seconds over all timed steps divided by the steps' total), so the
-bars of a case add up to its whole step time, ``other`` included.
+bars of a case add up to its whole step time, ``other`` included. A profiled
+case without phases (a pipeline case, whose DeepSpeed engine cannot run the
+timers) keeps its row, with the stored reason in place of the figures.
 """
 
 from __future__ import annotations
@@ -21,20 +23,39 @@ PHASES = ("data", "forward", "backward", "optimizer_step", "other")
 COLOURS = ("#9e9e9e", "#4c78a8", "#f58518", "#54a24b", "#e45756")
 
 
-def _profiled(frame: pd.DataFrame) -> pd.DataFrame:
-    """Ok cases (median over repeats) that stored a phase breakdown."""
-    if "phase_share_forward" not in frame.columns:
+SHARE = "phase_share_forward"
+"""Stored for every profiled case: a figure, or null with the reason there are no phases."""
+
+
+def _no_phases(case: pd.Series) -> str | None:
+    """Why a profiled case has no phases (its stored null reason); None when it has them."""
+    if pd.notna(case.get(SHARE)):
+        return None
+    reasons = case.get("null_reasons")
+    return reasons.get(SHARE) if isinstance(reasons, dict) else None
+
+
+def _profiled(frame: pd.DataFrame, with_phases: bool = True) -> pd.DataFrame:
+    """Ok cases (median over repeats) that stored a phase breakdown, and with
+    ``with_phases=False`` also those profiled without one (their reason stored)."""
+    if SHARE not in frame.columns:
         return frame.iloc[0:0]
     cases = per_case(frame)
     ok = cases["status"].astype(str) == "ok"
-    return cases[ok & cases["phase_share_forward"].notna()]
+    has = cases[SHARE].notna()
+    if not with_phases:
+        has |= cases.apply(_no_phases, axis=1).notna()
+    return cases[ok & has]
 
 
 def breakdown_table(frame: pd.DataFrame) -> TextTable | None:
-    """Per case: step time, each phase's share, the reduction inside backward, collectives."""
-    cases = _profiled(frame)
-    if cases.empty:
+    """Per case: step time, each phase's share, the reduction inside backward, collectives;
+    a case without phases says why in a last column."""
+    cases = _profiled(frame, with_phases=False)
+    if cases.empty or cases[SHARE].isna().all():
         return None
+    reasons = [_no_phases(case) for _, case in cases.iterrows()]
+    why = any(reasons)
     settings = swept_columns(cases) or ["label"]
     several_runs = cases["run_id"].nunique() > 1
     header = [
@@ -45,6 +66,7 @@ def breakdown_table(frame: pd.DataFrame) -> TextTable | None:
         "bwd reduce",
         "comm/step",
         "comm time",
+        *(["no phases because"] if why else []),
     ]
     first = header.index("step median")
     table = TextTable(
@@ -52,7 +74,7 @@ def breakdown_table(frame: pd.DataFrame) -> TextTable | None:
         header=header,
         right=set(range(first, len(header))),
     )
-    for _, case in cases.iterrows():
+    for (_, case), reason in zip(cases.iterrows(), reasons, strict=True):
         table.rows.append(
             [
                 *([str(case["run_id"])] if several_runs else []),
@@ -62,6 +84,7 @@ def breakdown_table(frame: pd.DataFrame) -> TextTable | None:
                 units.seconds(case.get("phase_backward_reduce_s_median")),
                 units.bytes_(case.get("comm_bytes_per_step")),
                 units.seconds(case.get("comm_s_median")),
+                *([reason or ""] if why else []),
             ]
         )
     return table

@@ -226,7 +226,7 @@ def _sweep(
             )
             fallback = optimizer_fallback(ops)
             if fallback:
-                console.print(f"[yellow]{fallback}[/]", highlight=False)
+                console.print(Text(fallback, style="yellow"), highlight=False)
         with LiveProgress(console, len(pending)) as progress:
             runner = Runner(
                 run_dir,

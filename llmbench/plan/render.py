@@ -293,11 +293,13 @@ def to_json(
 
 
 def validation_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Predicted vs measured, per case, with errors in %."""
+    """Predicted vs measured, per case, with errors in %; compute and communication
+    seconds per step when some case has a measured breakdown."""
 
     def err(v: Any) -> str:
         return "–" if v is None or _nan(v) else f"{float(v) * 100:+.1f} %"
 
+    split = "measured_compute_s" in frame and frame["measured_compute_s"].notna().any()
     return pd.DataFrame(
         [
             {
@@ -313,6 +315,16 @@ def validation_frame(frame: pd.DataFrame) -> pd.DataFrame:
                 "pred tok/s": units.rate(r["predicted_tokens_per_s"]),
                 "meas tok/s": units.rate(r["measured_tokens_per_s"]),
                 "tok/s err": err(r["tokens_per_s_error"]),
+                **(
+                    {
+                        "pred compute": units.seconds(r["predicted_compute_s"]),
+                        "meas compute": units.seconds(r["measured_compute_s"]),
+                        "pred comm": units.seconds(r["predicted_comm_s"]),
+                        "meas comm": units.seconds(r["measured_comm_s"]),
+                    }
+                    if split
+                    else {}
+                ),
             }
             for _, r in frame.iterrows()
         ]
@@ -326,8 +338,29 @@ def validation_lines(frame: pd.DataFrame, summary: dict[str, Any]) -> list[str]:
         f"memory error: median {units.percent(summary['peak_error_median_abs'])}, worst {units.percent(summary['peak_error_max_abs'])} over {summary['cases']} case(s)",
         f"throughput error: median {units.percent(summary['tokens_per_s_error_median_abs'])}, worst {units.percent(summary['tokens_per_s_error_max_abs'])}",
     ]
+    lines += _split_lines(frame, summary)
     lines += [f"overhead: {s}" for s in sorted(set(frame["overhead_source"]))]
     lines += [f"rate: {s}" for s in sorted(set(frame["rate_source"]))]
+    return lines
+
+
+def _split_lines(frame: pd.DataFrame, summary: dict[str, Any]) -> list[str]:
+    """How compute and communication were measured, their errors, and cases without them."""
+    if "measured_compute_s" not in frame or frame["measured_compute_s"].isna().all():
+        notes = sorted({n for n in frame.get("breakdown_note", []) if n})
+        return [f"compute vs communication: {n}" for n in notes]
+    lines = [
+        "compute: planner's compute term vs measured forward + backward (autograd) phases; "
+        "communication: exposed dp/tp/pp terms vs the collectives' seconds (DeepSpeed comms "
+        "logger), per step",
+        f"compute error: median {units.percent(summary.get('compute_error_median_abs'))}, "
+        f"worst {units.percent(summary.get('compute_error_max_abs'))}; communication error: "
+        f"median {units.percent(summary.get('comm_error_median_abs'))}, "
+        f"worst {units.percent(summary.get('comm_error_max_abs'))}",
+    ]
+    lines += [f"communication: {n}" for n in sorted(set(frame["predicted_comm_note"])) if n]
+    missing = frame[frame["measured_compute_s"].isna()]
+    lines += [f"{r['label']}: no breakdown: {r['breakdown_note']}" for _, r in missing.iterrows()]
     return lines
 
 

@@ -304,23 +304,20 @@ def test_back_to_back_unchanged_runs_raise_no_false_alarm():
 
 
 def test_one_core_instead_of_two_is_caught_and_shown_against_its_band():
-    judged = dict((i, c) for i, (kind, c) in enumerate(_nightly()) if kind == "threads1")
-    slowed = judged[max(judged)]  # the later one: a real slowdown of several-fold
-    step = next(v for v in slowed.verdicts if v.metric == "step_time_s_median")
-    assert slowed.exit_code == 1 and step.verdict == "regression"
-    assert step.band_source.startswith("history of") and step.current > step.band_high
-    # the earlier one ran while the machine was loaded: one thread was *faster* than
-    # two competing for two busy cores; judged as measured, not as expected
-    early = judged[min(judged)]
-    assert next(v for v in early.verdicts if v.metric == "step_time_s_median").verdict == (
-        "improvement"
-    )
+    judged = [c for kind, c in _nightly() if kind == "threads1"]
+    steps = [next(v for v in c.verdicts if v.metric == "step_time_s_median") for c in judged]
+    # the first ran while the machine was loaded: one thread was not slower than two
+    # competing for two busy cores; the next two were several-fold slower and caught
+    assert [v.verdict for v in steps] == ["noisy", "regression", "regression"]
+    assert [c.exit_code for c in judged] == [0, 1, 1]
+    for v in steps[1:]:
+        assert v.band_source.startswith("history of") and v.current > v.band_high
 
 
-def test_the_injected_slowdown_is_caught_and_never_silent():
-    (injected,) = [c for kind, c in _nightly() if kind == "injected"]
-    assert injected.exit_code == 1
-    assert {v.metric for v in injected.verdicts if v.verdict == "regression"} >= {
-        "step_time_s_median"
-    }
-    assert any("test-only slowdown hook" in w for w in injected.warnings)
+def test_the_injected_slowdown_is_judged_against_the_machines_noise_and_never_silent():
+    judged = [c for kind, c in _nightly() if kind == "injected"]
+    steps = [next(v for v in c.verdicts if v.metric == "step_time_s_median") for c in judged]
+    assert all(v.change_rel > 0 for v in steps)  # slower every time ...
+    # ... but only the last cleared the band of the runs before it (bench/gate_quality.py)
+    assert [v.verdict for v in steps] == ["noisy", "noisy", "regression"]
+    assert all(any("test-only slowdown hook" in w for w in c.warnings) for c in judged)

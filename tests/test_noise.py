@@ -9,6 +9,7 @@ from llmbench.judge.noise import (
     MIN_HISTORY,
     NOISE_Z,
     Band,
+    best,
     history_band,
     noise_band,
     repeats_band,
@@ -44,21 +45,27 @@ def test_history_needs_enough_runs():
 
 
 def test_repeats_band_pools_both_runs_spread_around_the_baseline():
-    band = repeats_band([-1.0, 0.0, 1.0], [9.0, 10.0, 11.0])
-    # residuals ±1 around each mean: pooled SD sqrt(4 / 4) = 1; a level shift adds nothing
-    assert (band.low, band.high) == pytest.approx((-NOISE_Z, NOISE_Z))
+    band = repeats_band([-1.0, 0.0, 1.0], [9.0, 10.0, 11.0], worse=-1)
+    # residuals ±1 around each mean: pooled SD sqrt(4 / 4) = 1; a level shift adds nothing;
+    # centred on the baseline's best process (for a throughput, the highest)
+    assert (band.low, band.high) == pytest.approx((1.0 - NOISE_Z, 1.0 + NOISE_Z))
     assert band.source == "repeats 3+3"
-    assert repeats_band([10.0], [20.0, 21.0]) is None
+    assert repeats_band([10.0], [20.0, 21.0], worse=1) is None
+
+
+def test_a_runs_figure_is_its_best_process():
+    assert best([0.03, 0.09, 0.027], worse=1) == 0.027  # step time: the fastest
+    assert best([900.0, 300.0], worse=-1) == 900.0  # throughput: the highest
 
 
 def test_the_history_decides_once_it_is_long_enough():
     """One stalled process of three inflates the repeats band; the history is not fooled."""
     history = [1.0, 1.02, 0.98, 1.01, 0.99]
     stalled = ([1.0, 1.01, 5.0], [1.2, 1.21, 1.19])
-    assert noise_band(history[:4], *stalled) == repeats_band(*stalled)
-    band = noise_band(history, *stalled)
-    assert band == history_band(history) and band.high < 1.2 < repeats_band(*stalled).high
-    assert noise_band([], [1.0], [1.0]) is None
+    assert noise_band(history[:4], *stalled, 1) == repeats_band(*stalled, 1)
+    band = noise_band(history, *stalled, 1)
+    assert band == history_band(history) and band.high < 1.2 < repeats_band(*stalled, 1).high
+    assert noise_band([], [1.0], [1.0], 1) is None
 
 
 def test_step_scatter_is_the_median_process_spread():

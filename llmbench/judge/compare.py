@@ -1,6 +1,8 @@
 """Regression detection between two runs: match cases by id, judge every metric.
 
-A metric has *changed* only when both hold:
+A run's figure for a case is its best process (fastest step, highest
+throughput, least memory: ``noise.best`` says why), from ``run.repeats``
+processes. A metric has *changed* only when both hold:
 
 1. the change from baseline to current is beyond its threshold, in the
    metric's own direction (defaults: throughput −5 %, step time +5 %, memory
@@ -11,15 +13,15 @@ A metric has *changed* only when both hold:
    assumed (bands of positive figures are ratios, computed on logarithms:
    noise.py). Two sources:
 
-   * **history**, when it has at least ``MIN_HISTORY`` runs: the case's value
-     (median over its repeats) in the last ``HISTORY_RUNS`` good runs of the
+   * **history**, when it has at least ``MIN_HISTORY`` runs: the case's figure
+     in the last ``HISTORY_RUNS`` good runs of the
      same scenario and environment fingerprint: their median ± ``NOISE_Z``
      robust standard deviations (1.4826 × the median absolute deviation) —
      Bencher's and conbench's statistical thresholds, made robust to the odd
      wild night;
    * **repeats**, until then: ``run.repeats`` are separate processes,
      interleaved across the run (asv's design: compare per-process
-     statistics, never per-step samples): the baseline's value ± ``NOISE_Z``
+     statistics, never per-step samples): the baseline's figure ± ``NOISE_Z``
      pooled standard deviations of the per-process values of both runs
      around their own means.
 
@@ -67,6 +69,7 @@ from llmbench.judge.noise import (
     HISTORY_RUNS,
     SCATTER_FACTOR,
     Band,
+    best,
     noise_band,
     step_scatter,
 )
@@ -250,19 +253,22 @@ def _sides(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, _Side]:
 
 
 def history_values(
-    runs: Sequence[Run], metrics: Sequence[str]
+    runs: Sequence[Run], thresholds: Thresholds, metrics: Sequence[str]
 ) -> dict[tuple[str, str], list[float]]:
-    """(case id, metric) → the value (median over repeats) in each good run of ``runs``."""
-    frame = runs_frame(runs)
-    if frame.empty:
-        return {}
-    cases = per_case(frame)
-    cases = cases[cases["status"].astype(str) == "ok"]
+    """(case id, metric) → the figure of each good run of ``runs`` (its best process)."""
     values: dict[tuple[str, str], list[float]] = {}
-    for metric in (m for m in metrics if m in cases.columns):
-        for case_id, value in zip(cases["case_id"], cases[metric], strict=True):
-            if (number := _number(value)) is not None:
-                values.setdefault((case_id, metric), []).append(number)
+    for run in runs:
+        frame = runs_frame([run])
+        if frame.empty:
+            continue
+        for case_id, side in _sides(frame, metrics).items():
+            if side.case["status"] != "ok":
+                continue
+            for metric in metrics:
+                threshold = thresholds.for_metric(metric)
+                found = side.values(metric)
+                if threshold is not None and found:
+                    values.setdefault((case_id, metric), []).append(best(found, threshold.worse))
     return values
 
 
@@ -290,7 +296,9 @@ def _metric_verdict(
     base: _Side, cur: _Side, metric: str, threshold: Threshold, history: Sequence[float]
 ) -> Verdict | None:
     case = cur.case
-    b, c = _number(base.case.get(metric)), _number(case.get(metric))
+    base_values, cur_values = base.values(metric), cur.values(metric)
+    b = best(base_values, threshold.worse) if base_values else None
+    c = best(cur_values, threshold.worse) if cur_values else None
     verdict = Verdict(case["case_id"], case["label"], metric, "unchanged", b, c)
     verdict.threshold = threshold.text()
     if b is None and c is None:
@@ -300,9 +308,8 @@ def _metric_verdict(
         verdict.verdict = "new" if b is None else "missing"
         verdict.detail = reasons.get(metric, "not measured")
         return verdict
-    base_values, cur_values = base.values(metric), cur.values(metric)
     verdict.n_baseline, verdict.n_current = len(base_values), len(cur_values)
-    band = noise_band(history, base_values, cur_values)
+    band = noise_band(history, base_values, cur_values, threshold.worse)
     if band is not None:
         verdict.band_low, verdict.band_high, verdict.band_source = band.low, band.high, band.source
     verdict.change = c - b
@@ -369,7 +376,7 @@ def compare_runs(
     names = compared_metrics([base_frame, cur_frame], thresholds, metrics)
     base_sides, cur_sides = _sides(base_frame, names), _sides(cur_frame, names)
     past = [r for r in history if r.run_id != current.run_id][-HISTORY_RUNS:]
-    past_values = history_values(past, names)
+    past_values = history_values(past, thresholds, names)
     comparison = Comparison(baseline.run_id, current.run_id, scenario)
     comparison.env_differences = differences
     comparison.warnings = [

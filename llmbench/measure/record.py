@@ -71,6 +71,9 @@ class RankRecord:
     """Peak host RSS while the model was built, above the RSS before (DeepSpeed's state comes later)."""
     build_device_allocated_bytes: int | None = None
     """CUDA: the allocator's peak while the model was built (None on CPUs)."""
+    malloc_mmap_threshold_bytes: int | None = None
+    """glibc's mmap threshold fixed by a ZeRO-3 partitioned build for the rest of the case
+    (weights.py); None: glibc's own sliding threshold, untouched."""
     optimizer_impl: str | None = None
     """The class that updated the weights (DeepSpeed's FusedAdam or CPU Adam, torch's AdamW)."""
     skipped_steps: list[int] = field(default_factory=list)

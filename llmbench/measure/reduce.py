@@ -167,6 +167,7 @@ def _rank_summary(r: dict[str, Any]) -> dict[str, Any]:
         "step_time_s_median": step_stats(steps)["step_time_s_median"],
         "memory": r.memory or {},
         "build_host_rss_growth_bytes": r.build_host_rss_growth_bytes,
+        "malloc_mmap_threshold_bytes": r.malloc_mmap_threshold_bytes,
         "error": r.error,
     }
 

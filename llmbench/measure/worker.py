@@ -99,6 +99,7 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
 
     from llmbench.define.schema import CaseSpec
     from llmbench.measure.training import build_batches, build_training_model, train_step
+    from llmbench.measure.weights import fixed_mmap_threshold
 
     spec = CaseSpec.model_validate(task.spec)
     if task.device == "cpu" and task.threads:
@@ -124,6 +125,7 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     rss_before = _open_build_window(task.device)
     model, counts = build_training_model(spec, task.ds_config)
     _close_build_window(record, task.device, rss_before)
+    record.malloc_mmap_threshold_bytes = fixed_mmap_threshold()
     record.parameters = counts.to_dict()
     topo = record.topology = topology(
         record.rank, spec.parallel.tp, spec.parallel.pp, record.world_size

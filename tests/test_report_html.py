@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import unescape
 from html.parser import HTMLParser
 
 import pytest
@@ -15,8 +16,11 @@ from golden_runs import copy_run, runs
 from llmbench.judge.report import html
 from llmbench.judge.report.pivot import build_pivot
 from llmbench.judge.runs import read_run, runs_frame
+from llmbench.measure.profile import PIPELINE_NO_TIMERS
 
 SWEEP = runs("sweep")[0]
+(PROFILED,) = runs("profile")
+"""run.profile=breakdown: ZeRO 0/2/3 × 1-2 ranks and a pipeline case without phases."""
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -109,6 +113,22 @@ def _browser() -> str | None:
 
 CHECK = """
 <script>
+// the phase section as laid out: its stacked-bar chart decoded and drawn at a size,
+// and its table's rows and header
+function breakdown() {
+  const head = document.getElementById("breakdown");
+  if (!head) return null;
+  const chart = head.nextElementSibling;
+  let table = chart.nextElementSibling; // past the table's own title
+  while (table && table.tagName !== "TABLE") table = table.nextElementSibling;
+  return {
+    chart: chart.tagName === "IMG" && chart.complete ? chart.naturalWidth : 0,
+    shown: chart.getBoundingClientRect().height,
+    rows: table.querySelectorAll("tbody tr").length,
+    header: Array.from(table.querySelectorAll("th")).map((th) => th.textContent),
+    reasons: Array.from(table.querySelectorAll("tbody tr td:last-child")).map((td) => td.textContent),
+  };
+}
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
   const out = document.createElement("pre");
@@ -119,6 +139,7 @@ window.addEventListener("load", () => {
     images: images.length,
     decoded: images.filter((i) => i.complete && i.naturalWidth > 100).length,
     widths: images.map((i) => i.naturalWidth),
+    breakdown: breakdown(),
   });
   document.body.appendChild(out);
 });
@@ -128,9 +149,12 @@ window.addEventListener("load", () => {
 
 @pytest.mark.slow
 @pytest.mark.skipif(_browser() is None, reason="no Chromium installed (.ci/run installs it)")
-def test_renders_in_headless_chromium(tmp_path):
-    """The page as a browser sees it: tables laid out, every image decoded."""
-    text = _report([SWEEP])
+@pytest.mark.parametrize("run", [SWEEP, PROFILED], ids=["sweep", "breakdown"])
+def test_renders_in_headless_chromium(tmp_path, run):
+    """The page as a browser sees it: tables laid out, every image decoded; a profiled run's
+    stacked phase bars drawn, its phase table with one row per case and the reason a
+    pipeline case has no phases."""
+    text = _report([run])
     expected = _parse(text)
     page = tmp_path / "report.html"
     # the check script goes into a copy; the report itself has no scripts
@@ -157,10 +181,18 @@ def test_renders_in_headless_chromium(tmp_path):
     )
     found = re.search(r'<pre id="llmbench-check">(.*?)</pre>', out.stdout)
     assert found, out.stderr[-2000:]
-    result = json.loads(found.group(1).replace("&quot;", '"'))
+    result = json.loads(unescape(found.group(1)))
     assert result["tables"] == expected.tags["table"]
     assert result["rows"] == expected.tags["tr"] - expected.tags["thead"]
     assert result["images"] == len(expected.images) and result["decoded"] == result["images"]
+    phases = result["breakdown"]
+    if run is SWEEP:
+        assert phases is None
+        return
+    assert phases["chart"] > 100 and phases["shown"] > 100
+    assert phases["rows"] == 7
+    assert phases["header"][4:9] == ["data", "forward", "backward", "optimizer_step", "other"]
+    assert phases["reasons"].count(PIPELINE_NO_TIMERS) == 1
 
 
 def test_attributes_cannot_be_broken_out_of(tmp_path):

@@ -208,3 +208,14 @@ def test_cli_index_trend_plot_and_runs(tmp_path, cli_runner):
     assert out.exit_code == 2 and "no_such_metric" in out.output
     out = cli_runner.invoke(cli, ["history", "--history", str(tmp_path / "none.sqlite")])
     assert out.exit_code == 2 and "no history yet" in out.output
+
+
+def test_trend_shows_each_runs_best_process_as_the_gate_judges_it(tmp_path):
+    history = History(tmp_path / "h.sqlite")
+    gate = runs("gate")[:3]
+    history.index_paths(gate)
+    for metric, pick in (("step_time_s_median", min), ("tokens_per_s", max)):
+        frame = trend(history, metric).frame.set_index("run_id")
+        for path in gate:
+            values = [r.metrics[metric] for r in read_run(path).results]
+            assert len(values) == 3 and frame.loc[path.name, "value"] == pick(values)

@@ -482,7 +482,7 @@ def change_points(values: Sequence[float], metric: str) -> list[int]:
 class Trend:
     metric: str
     frame: pd.DataFrame
-    """run_id, started_at, fingerprint, case_id, label, value (median over repeats),
+    """run_id, started_at, fingerprint, case_id, label, value (the run's best process),
     band_low / band_high (the noise band from the runs before it), change_point."""
 
     @property
@@ -499,7 +499,7 @@ def trend(
     fingerprint: str | None = None,
     last: int | None = None,
 ) -> Trend:
-    """A metric's history per case (median over repeats), change points flagged."""
+    """A metric's history per case (each run's best process), bands and change points."""
     rows = history.metric_rows(metric, scenario=scenario, case=case, fingerprint=fingerprint)
     if rows.empty:
         known = history.metric_names()
@@ -507,13 +507,16 @@ def trend(
         raise UserError(
             f"no ok results with this metric{hint}", where=str(history.path), key=metric
         )
+    threshold = default_threshold(metric)
+    # a run's figure is its best process, the figure the gate judges (noise.best)
+    figure = "median" if threshold is None else "min" if threshold.worse > 0 else "max"
     per_run = (
         rows.groupby(["case_id", "run_id"], sort=False)
         .agg(
             started_at=("started_at", "first"),
             fingerprint=("fingerprint", "first"),
             label=("label", "first"),
-            value=("value", "median"),
+            value=("value", figure),
         )
         .reset_index()
         .sort_values(["label", "case_id", "started_at", "run_id"], kind="stable")

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from llmbench.judge.attribution import attribute
 from llmbench.judge.compare import Comparison, Verdict
-from llmbench.judge.noise import HISTORY_RUNS, NOISE_Z
+from llmbench.judge.noise import HISTORY_RUNS, MIN_HISTORY, NOISE_Z
 from llmbench.judge.report import markdown
 from llmbench.judge.report.tables import format_metric
 
@@ -110,8 +110,9 @@ def _shown(comparison: Comparison) -> tuple[list[Verdict], str]:
 
 def method_text(comparison: Comparison) -> str:
     return (
-        f"changed = beyond the threshold and outside the noise band (±{NOISE_Z:g} robust SD of "
-        f"the last ≤ {HISTORY_RUNS} good runs, and/or ±{NOISE_Z:g} SD of the repeats' "
+        "a run's figure is its best process; changed = beyond the threshold and outside the "
+        f"noise band (the history's: ±{NOISE_Z:g} robust SD of the last ≤ {HISTORY_RUNS} good "
+        f"runs, once there are {MIN_HISTORY}; until then the repeats': ±{NOISE_Z:g} SD of the "
         "per-process values)"
     )
 

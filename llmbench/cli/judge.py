@@ -161,8 +161,9 @@ def compare(
     """Judge CURRENT against BASELINE (run dirs or stored ids; BASELINE may be 'latest').
 
     A metric regressed when its change is past its threshold and outside its
-    noise band (the spread of its last good runs in the history, and of the
-    runs' repeats). Exit 0: no regression; 1: a regression; 2: a case errored,
+    noise band (the spread of its last good runs in the history, or, until
+    there are 5, of the runs' repeats), each run judged by its best process.
+    Exit 0: no regression; 1: a regression; 2: a case errored,
     a case or metric of BASELINE is missing from CURRENT, or invalid input.
     """
     from llmbench.judge.history import resolve_run

@@ -23,6 +23,7 @@ good runs before it (noise.py), the band the gate judges a new run by.
 
 from __future__ import annotations
 
+import difflib
 import json
 import sqlite3
 import stat
@@ -503,7 +504,15 @@ def trend(
     rows = history.metric_rows(metric, scenario=scenario, case=case, fingerprint=fingerprint)
     if rows.empty:
         known = history.metric_names()
-        hint = "" if metric in known else f" (recorded metrics: {', '.join(known[:12])}…)"
+        # a hundred-odd names (per-collective profile figures among them): the near ones first
+        close = difflib.get_close_matches(metric, known, n=3)
+        hint = (
+            ""
+            if metric in known
+            else f" (did you mean {' or '.join(close)}?)"
+            if close
+            else f" (recorded metrics: {', '.join(known[:12])}…)"
+        )
         raise UserError(
             f"no ok results with this metric{hint}", where=str(history.path), key=metric
         )

@@ -57,7 +57,7 @@ def format_metric(metric: str, value: object) -> str:
         return units.bytes_(value)
     if "_per_s" in metric:
         return units.rate(value)
-    if metric.endswith("_s") or metric.startswith("step_time_s_"):
+    if metric.endswith(("_s", "_s_median")) or metric.startswith("step_time_s_"):
         return units.seconds(value)
     if metric == "mfu":
         return units.percent(value)

@@ -109,7 +109,8 @@ def test_trace_records_only_extra_steps_with_llmbench_ranges(tmp_path):
         assert names.count(STEP_RANGE) == TRACE_STEPS
         for name in RANGES.values():
             assert names.count(name) == TRACE_STEPS
-    assert traced["profile"]["top_ops"][0]["name"].startswith("aten::")
+    # the profiler's own op table (under load a gloo all-reduce can lead it: c10d::allreduce_)
+    assert any(op["name"].startswith("aten::") for op in traced["profile"]["top_ops"])
     assert len(traced["step_times_s"]) == 3
     assert "phase_forward_s_median" not in traced["metrics"]  # phases are the trace's job here
 

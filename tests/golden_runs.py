@@ -24,6 +24,9 @@ timeline.csv files); each scenario.yaml records the settings the run used.
   gate figures — unchanged code, with three runs on one core instead of two
   (``run.threads_per_rank=1``) and three slowed 10 % by the test-only hook
   (``LLMBENCH_TEST_SLOWDOWN=0.1``, recorded in their env.json), interleaved.
+* ``profile/``: ``run.profile=breakdown`` over tiny GPT-2 (seq 32, micro-batch
+  2, 6 steps, bf16), ZeRO 0/2/3 × 1-2 ranks plus a 2-stage pipeline case
+  (ok, phases null with DeepSpeed's reason), under a 1-minute load of ~13.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ import sys
 from llmbench.measure.ops import build_ops_to_file
 
 OPS_ENV = "LLMBENCH_FORK_SERVER_OPS"
-"""JSON ``{"names": [builder names], "report": path}``: what to load, where to say how it went."""
+"""JSON ``{"names": [builder names], "report": path, "preload": [modules]}``: what to load,
+where to say how it went, and the server's other imports (to say which failed)."""
 
 
 def _load_requested() -> None:
@@ -30,18 +31,16 @@ def _load_requested() -> None:
     if request:
         wanted = json.loads(request)
         build_ops_to_file(wanted["names"], wanted["report"])
-        _say_what_was_not_preloaded()
+        _say_what_was_not_preloaded(wanted.get("preload", []))
 
 
-def _say_what_was_not_preloaded() -> None:
+def _say_what_was_not_preloaded(preload: list[str]) -> None:
     """The fork server skips a preload module that fails to import without a word; say it.
 
     Every case would pay that import again (seconds for DeepSpeed's lazily imported
     optimizer modules), which is how a per-case overhead silently doubles.
     """
-    from llmbench.measure.launch.local import PRELOAD
-
-    missing = [m for m in PRELOAD if m != "__main__" and m not in sys.modules]
+    missing = [m for m in preload if m != "__main__" and m not in sys.modules]
     if missing:
         print(
             f"llmbench: the fork server could not import {', '.join(missing)}; every case imports them again",

@@ -248,7 +248,7 @@ class LocalLauncher(Launcher):
         """
         from llmbench.measure.ops_preload import OPS_ENV
 
-        os.environ[OPS_ENV] = json.dumps({"names": names, "report": str(out)})
+        os.environ[OPS_ENV] = json.dumps({"names": names, "report": str(out), "preload": PRELOAD})
         try:
             first = self._ctx.Process(target=_serving)
             starter = threading.Thread(target=lambda: (first.start(), first.join()), daemon=True)

@@ -4,10 +4,10 @@ transformers draws a model's initial weights from the global RNG, module
 after module, so the numbers a weight gets depend on every draw made before
 it. A model built whole (ZeRO 0-2, tensor and pipeline parallel) and one
 built partitioned under ``deepspeed.zero.Init`` would draw differently:
-construction-time draws are skipped there and weights are only reachable
-module by module, gathered (building under ``zero.Init`` without gathering is
-what once gave a first loss of 84 instead of ln(1024) ≈ 6.9: the modules kept
-torch's construction-time init, N(0, 1) embeddings).
+construction-time draws are skipped there and each rank holds only its
+partition of a weight (building under ``zero.Init`` and initialising nothing
+afterwards is what once gave a first loss of 84 instead of ln(1024) ≈ 6.9: the
+modules kept torch's construction-time init, N(0, 1) embeddings).
 
 So every layout builds the model without initialising it, then initialises
 each module with the family's own ``_init_weights`` (transformers' scheme:
@@ -18,7 +18,8 @@ qualified name). A weight's values then depend on the model, its name and the
 seed only: not on the ZeRO stage, the rank count or the device, which is what
 keeps loss parity a real check. Modules are visited children first and
 weights tied afterwards, as transformers does, so a tied LM head holds the
-embedding's draw.
+embedding's draw. Under ZeRO-3 every rank draws a module's weights whole and
+keeps its own slice (``_LocalPartitions``).
 """
 
 from __future__ import annotations
@@ -172,10 +173,11 @@ class _LocalPartitions(_Held):
     ``rank in the parameter's partition group``, as ``Init._partition_param``
     cuts it) into ``ds_tensor`` and drops the rest. A rank never holds more
     than the parameters of one module and its direct children at once, and
-    the whole model never crosses the network, where gathering each module
-    and broadcasting rank 0's copy did (init_s of 83 s instead of ~5 s for a
-    1.1 GB model on 4 CPU ranks, and the gathered buffers left the host heap
-    fragmented).
+    nothing crosses the network, where gathering each module and broadcasting
+    rank 0's copy did (scenarios/zero3_scale.yaml, 4 CPU ranks: 461 MB of
+    construction growth per rank instead of up to 967 MB; the figures and
+    commands are in the README). What remains of init_s is DeepSpeed's own:
+    ``zero.Init`` broadcasts every parameter from rank 0 as it is constructed.
     """
 
     def __init__(self) -> None:

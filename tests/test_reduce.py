@@ -42,7 +42,8 @@ def test_slowest_rank_loss_of_replicas_and_max_memory():
     assert result.metrics["host_rss_peak_bytes"] == 500  # max over ranks, never the sum
     assert result.metrics["peak_memory_bytes"] == 500
     assert result.metrics["init_s"] == 5.0
-    assert result.metrics["overhead_s"] == pytest.approx(10.0 - 1.0 - 0.5)
+    # the busiest rank's own warm-up + steps (rank 0: 1.0 + 0.4), not the slowest-per-step sums
+    assert result.metrics["overhead_s"] == pytest.approx(10.0 - 1.0 - 0.4)
     assert result.metrics["allocator_peak_bytes"] is None
     assert result.null_reasons["allocator_peak_bytes"] == "no CUDA allocator on a CPU run"
 
@@ -82,3 +83,12 @@ def test_fp16_steps_the_loss_scaler_skipped_are_not_timed():
     assert result.metrics["measure_s"] == pytest.approx(0.65)  # the window still holds every step
     assert result.losses == [9.0, 8.0, 7.0, 6.0]
     assert result.metrics["optimizer_impl"] == "torch.optim.adamw.AdamW"
+
+
+def test_overhead_is_never_negative_when_ranks_take_turns_being_slowest():
+    result = CaseResult(case_id="c", label="l", params={}, status="ok")
+    records = [record(0, [0.1, 0.9], [2.0, 1.0]), record(1, [0.9, 0.1], [2.0, 1.0], dp_rank=1)]
+    # each rank was busy 1.0 + 1.0 s; the slowest-per-step sums (1.0 + 1.8 s) exceed the wall
+    fill_metrics(result, records, StepShape(2, 1, 8, dp=2, world_size=2), wall_s=2.5, device="cpu")
+    assert result.metrics["measure_s"] == pytest.approx(1.8)
+    assert result.metrics["overhead_s"] == pytest.approx(0.5)

@@ -65,7 +65,11 @@ def fill_metrics(
         next((r.optimizer_impl for r in present if r.optimizer_impl), None),
         NOT_TRAINING if shape is None else "no rank built its optimizer",
     )
-    result.set_metric("overhead_s", wall_s - warmup_s - measure_s if ok else None, why)
+    # Each rank's own warm-up and timed steps: the slowest-rank-per-step sums can add up to
+    # more than any rank was busy (ranks take turns being slowest), so they would make the
+    # overhead negative.
+    busy_s = max((sum(r.warmup_times_s) + sum(r.step_times_s) for r in present), default=0.0)
+    result.set_metric("overhead_s", wall_s - busy_s if ok else None, why)
     data = [
         sum(r.data_times_s) / sum(r.step_times_s)
         for r in present

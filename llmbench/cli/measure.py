@@ -80,6 +80,11 @@ def validate(scenario: Path, overrides: tuple[str, ...], max_cases: int) -> None
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --compare-to: YAML thresholds per scenario name.",
 )
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="With --compare-to: accept baseline cases or metrics this run lacks (otherwise exit 2).",
+)
 @user_errors
 def run(
     scenario: Path | None,
@@ -91,6 +96,7 @@ def run(
     compare_to: str | None,
     threshold_options: tuple[str, ...],
     thresholds_file: Path | None,
+    allow_missing: bool,
 ) -> None:
     """Run every case of SCENARIO; KEY=VALUE overrides (lists sweep), e.g. model.size=[tiny,mini]."""
     from llmbench.define.loader import load_scenario
@@ -119,7 +125,11 @@ def run(
     from llmbench.judge.regression import CompareOptions
     from llmbench.measure.sweep import run_sweep
 
-    compare = CompareOptions(compare_to, threshold_options, thresholds_file) if compare_to else None
+    compare = (
+        CompareOptions(compare_to, threshold_options, thresholds_file, allow_missing=allow_missing)
+        if compare_to
+        else None
+    )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     code = run_sweep(
         loaded,

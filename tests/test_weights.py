@@ -59,3 +59,57 @@ def test_module_seeds_depend_on_name_and_seed_only():
     assert module_seed(0, "model.layers.0.mlp") != module_seed(0, "model.layers.1.mlp")
     assert module_seed(0, "lm_head") != module_seed(1, "lm_head")
     assert 0 <= module_seed(7, "") < 2**64
+
+
+def _partitioned_rank(rank: int, world: int, port: int, strategy: str, out: str) -> None:
+    """One rank: build tiny GPT-2 partitioned with ``strategy``; write which partitions differ from the whole build."""
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        DS_ACCELERATOR="cpu",
+    )
+    import deepspeed
+    import torch.distributed as dist
+
+    from llmbench.measure import weights
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    config = hf_config("gpt2", resolve_dims("gpt2", "tiny"), "causal-lm")
+    whole = dict(build_seeded(config, "causal-lm", 0).named_parameters())
+    forced = {"local": weights._LocalPartitions, "gathered": weights._GatheredPartitions}[strategy]
+    weights._held_for = lambda model: forced()
+    ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    model = build_seeded(config, "causal-lm", 0, ds)
+    differing = []
+    for name, p in model.named_parameters():
+        size = p.ds_tensor.ds_numel
+        start = size * dist.get_rank(group=p.ds_process_group)
+        count = max(0, min(size, p.ds_numel - start))
+        expected = whole[name].detach().reshape(-1)[start : start + count]
+        if not torch.equal(p.ds_tensor[:count], expected):
+            differing.append(name)
+    with open(f"{out}.{rank}", "w") as f:
+        f.write("\n".join(differing) if differing else "")
+    dist.barrier()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["local", "gathered"])
+def test_zero3_partitions_hold_the_whole_builds_slices(strategy, tmp_path):
+    """Each rank's ZeRO-3 partition is its slice of the whole build (GPT-2: tied head, scaled c_proj)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "differing")
+    mp.spawn(_partitioned_rank, args=(2, port, strategy, out), nprocs=2)
+    for rank in range(2):
+        assert (tmp_path / f"differing.{rank}").read_text() == "", rank

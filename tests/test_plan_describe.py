@@ -60,7 +60,7 @@ def test_overrides_change_the_model():
     [
         ({"name": "llama-7c"}, "did you mean llama-7b"),
         ({"config_path": DATA / "unsupported_config.json"}, "model_type 't5' is not one llmbench"),
-        ({"config_path": DATA / "missing.json"}, "cannot read"),
+        ({"config_path": DATA / "missing.json"}, "no such file or folder"),
         ({}, "give either a model name"),
         ({"name": "llama-7b", "overrides": {"layers": 2}}, "did you mean num_layers"),
         ({"name": "llama-7b", "overrides": {"num_heads": 3}}, "do not divide evenly"),

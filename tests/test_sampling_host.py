@@ -92,6 +92,18 @@ def test_tree_rss_covers_every_process_of_the_case(start_tree, tmp_path):
     assert all(r["source"] == "host" and r["device"] == "host" for r in rows)
 
 
+def test_ranks_that_start_soon_after_the_leader_are_sampled_at_once(
+    start_tree, tmp_path, monkeypatch
+):
+    """Forked ranks can start, train and end within one refresh period of the tree."""
+    monkeypatch.setattr(base_module, "TREE_REFRESH_S", 60.0)  # no periodic refresh in this test
+    leader = start_tree(TREE)
+    sampler = HostSampler(interval_s=0.05)
+    assert [p.pid for p in sampler.processes(leader.pid)] == [leader.pid]  # no ranks yet
+    wait_for(tmp_path / "ready0", tmp_path / "ready1")
+    assert len(sampler.processes(leader.pid)) == 3  # the leader alone is re-read every tick
+
+
 def test_cpu_of_a_rank_started_between_ticks_is_counted(start_tree, tmp_path):
     """The tree's CPU seconds add up to what its processes used, new processes included."""
     leader = start_tree(SPINNER)

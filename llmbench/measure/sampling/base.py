@@ -81,10 +81,12 @@ class Sampler(ABC):
         Discovery reads the status of every process on the machine (psutil's
         parent map), the bulk of a tick's cost; a case's tree changes only when
         ranks start or end, so a sampler reuses it in between (a process that
-        has ended since is skipped by the readers).
+        has ended since is skipped by the readers). While the tree is the leader
+        alone it is re-read every tick: forked ranks can start, train and end
+        within one refresh period, and would otherwise never be sampled.
         """
         now = time.monotonic()
-        if not self._tree or now - self._tree_at >= TREE_REFRESH_S:
+        if len(self._tree) < 2 or now - self._tree_at >= TREE_REFRESH_S:
             self._tree = [p for p in case_processes(root_pid) if p.pid not in self.ignored_pids]
             self._tree_at = now
         return self._tree

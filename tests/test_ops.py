@@ -90,3 +90,13 @@ def test_an_op_build_that_times_out_takes_its_compilers_with_it(tmp_path):
         not psutil.pid_exists(grandchild)
         or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
     )
+
+
+def test_builds_lock_and_clean_under_torch_extensions_dir(monkeypatch, tmp_path):
+    """torch builds under TORCH_EXTENSIONS_DIR when set, so the lock and the stale scan must too."""
+    from llmbench.measure.ops import extensions_root
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert extensions_root() == tmp_path
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    assert extensions_root() != tmp_path

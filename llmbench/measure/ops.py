@@ -69,6 +69,18 @@ def clear_stale_locks(root: Path) -> None:
             )
 
 
+def extensions_root() -> Path:
+    """Where torch builds and locks extensions: ``TORCH_EXTENSIONS_DIR`` when set.
+
+    torch's ``get_default_build_root`` ignores the variable; builds under
+    another root would then share (and wait on) one llmbench lock and never
+    see their own stale torch locks.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
 def build_ops(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Load (building if needed) each op; seconds per op, or the error that stopped it.
 
@@ -78,9 +90,8 @@ def build_ops(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
-    from torch.utils.cpp_extension import get_default_build_root
 
-    root = Path(get_default_build_root())
+    root = extensions_root()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "llmbench-build.lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # released when this process ends, however it ends

@@ -239,6 +239,8 @@ def test_a_two_rank_case_runs_on_localhost_from_a_hostfile(write_scenario, tmp_p
     case_dir = run_dir / "cases" / result["case_id"]
     assert json.loads((case_dir / "leader.json").read_text()) == {"exit_codes": {"0": 0, "1": 0}}
     assert (case_dir / "hostfile").read_text() == "localhost slots=2\n"
+    # ranks over ssh get sshd's environment: the op-build tools' PATH travels in the case's env
+    assert json.loads((case_dir / "rank_env.json").read_text())["PATH"] == os.environ["PATH"]
     log = (case_dir / "launcher.log").read_text()
     assert "deepspeed.launcher.launch" in log and "--placement env" in log
     rank_pids = {r["pid"] for r in result["ranks"]}

@@ -61,6 +61,11 @@ def test_measure_s_ends_the_window_at_the_last_step():
     assert (window.start, window.end) == (0.5, 2.0)
     assert measure_window(EVENTS).end == 3.25
     assert measure_window(EVENTS[:3]).end == math.inf  # killed during measure
+    # the slowest-rank sum outlasts rank 0's steps: rank 0's next phase still ends the window
+    assert measure_window(EVENTS, measure_s=3.0).end == 3.25
+    assert measure_window(EVENTS[:3], measure_s=3.0).end == 3.5
+    values, _ = summary([host(1.0, 3.0), host(3.3, 8.0)], unavailable=CPU, measure_s=3.0)
+    assert values["host_tree_rss_peak_bytes"] == 3 * GiB  # 3.3 s is tagged teardown
     values, _ = summary([host(1.0, 3.0), host(2.5, 4.0)], unavailable=CPU, measure_s=1.5)
     assert values["host_tree_rss_peak_bytes"] == 3 * GiB
 

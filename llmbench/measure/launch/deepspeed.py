@@ -64,6 +64,16 @@ SSH_BACKENDS = ("pdsh", "openmpi")
 """Backends that reach the nodes over ssh (pdsh's ssh module, mpirun's plm_rsh_agent)."""
 SSH_CHECK_S = 10
 """ssh's ConnectTimeout when each node is checked before a case: the most a dead node costs."""
+OP_BUILD_ENV = ("PATH", "TORCH_EXTENSIONS_DIR")
+"""Variables that decide which DeepSpeed op build a rank loads; they travel to every rank.
+
+pdsh and mpirun start remote ranks with sshd's environment, not this one. With
+sshd's PATH torch's JIT loader runs another ninja (the system's 1.11, where the
+sweep ran the venv's 1.13): the two hash ``.ninja_log`` differently, so each
+takes the other's build as stale and rebuilt both ops inside every case's init
+(about a minute on two cores, in the pdsh and OpenMPI cases under tox). Without
+TORCH_EXTENSIONS_DIR a rank would load, or build, ops where the sweep never built them.
+"""
 # The characters DeepSpeed leaves unquoted in pdsh's remote command (MultiNodeRunner.add_export)
 _SHELL_SAFE = re.compile(r"[\w@%+=:,./-]+")
 
@@ -231,7 +241,8 @@ class DeepSpeedLauncher(Launcher):
             )
             write_leader(case_dir, {}, status="error", reason=reason)
             return CaseProcess(poll_fn=lambda: 255, kill_fn=lambda: None)
-        write_case_env(case_dir, {**env, "MASTER_ADDR": master_addr})
+        built_with = {k: os.environ[k] for k in OP_BUILD_ENV if k in os.environ}
+        write_case_env(case_dir, {**built_with, **env, "MASTER_ADDR": master_addr})
         with (case_dir / "launcher.log").open("ab") as log:
             popen = subprocess.Popen(
                 argv,

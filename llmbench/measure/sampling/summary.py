@@ -48,18 +48,20 @@ class Window:
 
 
 def measure_window(events: Sequence[PhaseEvent], measure_s: float | None = None) -> Window | None:
-    """From rank 0's ``measure`` event to its next event, or to ``measure_s`` after it.
+    """From rank 0's ``measure`` event to its next event, or to ``measure_s`` after it if sooner.
 
     Rank 0 logs ``teardown`` only after a final barrier and
     ``destroy_process_group``; passing the summed step times as ``measure_s``
-    keeps that teardown out of per-step energy.
+    keeps that teardown out of per-step energy. ``measure_s`` sums the slowest
+    rank of each step, so it can outlast rank 0's own steps: the window never
+    runs past rank 0's next event, or it would take in samples that the
+    timeline tags with that next phase (tag_phases uses the same events).
     """
     start = next((e.t for e in events if e.phase == "measure"), None)
     if start is None:
         return None
-    if measure_s is not None:
-        return Window(start, start + measure_s)
-    return Window(start, min((e.t for e in events if e.t > start), default=math.inf))
+    end = min((e.t for e in events if e.t > start), default=math.inf)
+    return Window(start, end if measure_s is None else min(end, start + measure_s))
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,28 @@ def test_several_runs_become_a_dimension():
     pivot = build_pivot(frame)
     assert "run_id" in pivot.row_keys + pivot.col_keys
     assert len(pivot.cells) == 4
+
+
+def test_a_setting_unset_in_some_cases_is_a_dash_not_none_or_nan():
+    """``model.config`` is set in some cases of a sweep and unset (None) in others."""
+    from rich.console import Console
+
+    from llmbench.judge.report.console import comparison_table
+    from llmbench.judge.result import CaseResult
+    from llmbench.judge.runs import results_frame
+
+    results = [
+        CaseResult(
+            case_id=f"c{i}",
+            label=f"l{i}",
+            params={"model.config": config, "model.family": "llama"},
+            status="ok",
+            metrics={"tokens_per_s": 10.0, "step_time_s_median": 0.1},
+        )
+        for i, config in enumerate((None, "configs/gqa"))
+    ]
+    console = Console(record=True, width=200, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(comparison_table(results_frame(results)))
+    text = console.export_text()
+    assert "configs/gqa" in text and "–" in text
+    assert "None" not in text and "nan" not in text

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from llmbench import units
 from llmbench.judge.report.pivot import Pivot, cell_lines, legend, short
-from llmbench.judge.report.tables import TextTable, format_metric
+from llmbench.judge.report.tables import TextTable, cell_text, format_metric
 from llmbench.judge.runs import per_case, swept_columns
 
 MAX_ROWS = 200
@@ -72,7 +72,7 @@ def comparison_table(frame: pd.DataFrame, title: str | None = None) -> Table:
             else "–"
         )
         cells = [
-            *[Text(str(row[c])) for c in swept or ["label"]],
+            *[Text(cell_text(row[c])) for c in swept or ["label"]],
             Text(status, style=STATUS_STYLE.get(status, "")),
             rate_text,
             units.seconds(row.get("step_time_s_median")),

@@ -64,7 +64,8 @@ def format_metric(metric: str, value: object) -> str:
     return units.number(value)
 
 
-def _text(value: object) -> str:
+def cell_text(value: object) -> str:
+    """A setting or reason as a table cell: a missing value is a dash, never "None" or "nan"."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
     return str(value)
@@ -114,14 +115,14 @@ def cases_table(frame: pd.DataFrame) -> TextTable:
         table.rows.append(
             [
                 *([str(row["run_id"])] if several_runs else []),
-                *[_text(row.get(c)) for c in settings],
+                *[cell_text(row.get(c)) for c in settings],
                 str(row["status"]),
                 units.rate(row.get("tokens_per_s")),
                 units.seconds(row.get("step_time_s_median")),
                 spread,
                 units.bytes_(row.get(memory)),
                 *[units.bytes_(row.get(c)) for c in extra_memory],
-                *([_text(row["repeats"])] if "repeats" in cases.columns else []),
+                *([cell_text(row["repeats"])] if "repeats" in cases.columns else []),
             ]
         )
     return table
@@ -139,7 +140,7 @@ def failures_table(frame: pd.DataFrame) -> TextTable | None:
         status_column=1,
     )
     for row in failed.to_dict("records"):
-        table.rows.append([str(row["label"]), str(row["status"]), _text(row.get("reason"))])
+        table.rows.append([str(row["label"]), str(row["status"]), cell_text(row.get("reason"))])
     return table
 
 
@@ -150,6 +151,6 @@ def environment_table(runs: Sequence[Run]) -> TextTable:
         values = [r.env.get(key) for r in runs]
         if all(v is None for v in values):
             continue
-        shown = [units.bytes_(v) if key == "memory_bytes" else _text(v) for v in values]
+        shown = [units.bytes_(v) if key == "memory_bytes" else cell_text(v) for v in values]
         table.rows.append([key, *shown])
     return table

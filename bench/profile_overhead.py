@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 from pathlib import Path
 
-from sampler_overhead import CASE, ROOT, median_step_s
+from sampler_overhead import CASE, ROOT, median_step_s, ratio_report
 
 MODES = ("none", "breakdown", "trace", "flops")
 
@@ -48,21 +47,7 @@ def main() -> None:
             + ", ".join(f"{m} {times[m][-1] * 1e3:.2f} ms" for m in MODES),
             flush=True,
         )
-    report = {}
-    for mode in MODES:
-        ratios = [t / base for t, base in zip(times[mode], times["none"], strict=True)]
-        report[mode] = {
-            "step_time_s_median": statistics.median(times[mode]),
-            "ratio_to_none_median": statistics.median(ratios),
-            "ratio_to_none_min": min(ratios),
-            "ratio_to_none_max": max(ratios),
-            "runs": times[mode],
-        }
-        print(
-            f"{mode:>9}: median step {report[mode]['step_time_s_median'] * 1e3:.2f} ms, "
-            f"ratio to none {report[mode]['ratio_to_none_median']:.3f} "
-            f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
-        )
+    report = ratio_report(times, "none")
     out = Path(ROOT) / "reports" / "profile_overhead.json"
     out.parent.mkdir(exist_ok=True)
     body = {"case": CASE + args.overrides, "rounds": args.rounds, "load_1min": loads}

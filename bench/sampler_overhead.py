@@ -56,6 +56,28 @@ def median_step_s(overrides: list[str]) -> float:
         return result["metrics"]["step_time_s_median"]
 
 
+def ratio_report(times: dict[str, list[float]], baseline: str) -> dict[str, dict]:
+    """Each setting's median step and its per-round ratio to ``baseline`` (median, min, max).
+
+    Ratios are taken round by round, so drift of a shared machine cancels; printed and returned.
+    """
+    report = {}
+    for name, runs in times.items():
+        ratios = [t / base for t, base in zip(runs, times[baseline], strict=True)]
+        report[name] = {
+            "step_time_s_median": statistics.median(runs),
+            f"ratio_to_{baseline}_median": statistics.median(ratios),
+            f"ratio_to_{baseline}_min": min(ratios),
+            f"ratio_to_{baseline}_max": max(ratios),
+            "runs": runs,
+        }
+        print(
+            f"{name:>9}: median step {statistics.median(runs) * 1e3:.2f} ms, ratio to {baseline} "
+            f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+        )
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -70,19 +92,7 @@ def main() -> None:
             + ", ".join(f"{n} {times[n][-1] * 1e3:.2f} ms" for n in SETTINGS),
             flush=True,
         )
-    report = {}
-    for name in SETTINGS:
-        ratios = [t / off for t, off in zip(times[name], times["off"], strict=True)]
-        report[name] = {
-            "step_time_s_median": statistics.median(times[name]),
-            "ratio_to_off_median": statistics.median(ratios),
-            "ratio_to_off_min": min(ratios),
-            "ratio_to_off_max": max(ratios),
-            "runs": times[name],
-        }
-        print(
-            f"{name:>6}: median step {report[name]['step_time_s_median'] * 1e3:.2f} ms, ratio to off {report[name]['ratio_to_off_median']:.4f} (min {min(ratios):.4f}, max {max(ratios):.4f})"
-        )
+    report = ratio_report(times, "off")
     out = ROOT / "reports" / "sampler_overhead.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(

@@ -40,7 +40,9 @@ run:
   deepspeed_backend: {backend}
   hostfile: {hostfile}
   timeout_s: 120
+  sample_interval_s: 0.01
 """
+"""Three tiny steps last tens of ms: each node's agent samples often enough to land inside them."""
 NO_BINDING = "  launcher_args: [--bind-to, none]\n"
 """mpirun binds each rank to its node's core 0 — the same core here, where the nodes share the CPUs."""
 

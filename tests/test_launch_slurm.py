@@ -228,7 +228,8 @@ def test_a_sweep_runs_each_case_as_a_job_and_collects_results(cluster, write_sce
         TINY.format(name="slurm", steps=3, world_size=2).replace(
             "deepspeed: {zero_stage: 1, precision: fp32}\n", sweep_config
         )
-        + "run: {launcher: slurm, slurm: {time_limit: '00:10:00'}}\n"
+        # three tiny steps last tens of ms: sample often enough to land inside them
+        + "run: {launcher: slurm, sample_interval_s: 0.01, slurm: {time_limit: '00:10:00'}}\n"
     )
     out = run_llmbench(["run", str(path), "--output-dir", str(tmp_path / "runs")])
     assert out.returncode == 2, out.stdout + out.stderr  # one case errored

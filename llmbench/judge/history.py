@@ -28,6 +28,7 @@ import json
 import sqlite3
 import stat
 import statistics
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -157,6 +158,24 @@ class RunRow:
     mark: str | None
 
 
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL, retrying while another process holds it.
+
+    Changing the journal mode of a fresh file takes an exclusive lock without
+    consulting sqlite's busy handler, so two processes creating the history at
+    once could get "database is locked" at once; wait for it as for the write lock.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class History:
     """The SQLite index at ``path`` (created on first write)."""
 
@@ -174,7 +193,7 @@ class History:
         except sqlite3.Error as exc:
             raise UserError(f"cannot open the history: {exc}", where=str(self.path)) from None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise UserError(

@@ -27,9 +27,9 @@ from llmbench.judge.attribution import (
     profile_metrics,
     scattered_phase,
 )
-from llmbench.judge.compare import Comparison, Verdict, compare_runs
+from llmbench.judge.compare import Comparison, Verdict, compare_runs, measured_metrics
 from llmbench.judge.report import verdicts
-from llmbench.judge.runs import read_run, runs_frame
+from llmbench.judge.runs import read_run
 from llmbench.measure.slowdown import ENV as SLOWDOWN_ENV
 from tests.conftest import run_dirs, run_llmbench
 
@@ -137,7 +137,7 @@ def test_compare_judges_phases_by_default_and_names_the_one_that_moved(tmp_path)
 def test_an_unprofiled_run_is_compared_without_its_phases(tmp_path):
     """Profiling is a run setting: dropping it is not missing data (no exit 2)."""
     base, cur = read_run(PROFILED), read_run(_slowed(tmp_path, "", 0, drop_profile=True))
-    assert measured_in_all([runs_frame([base]), runs_frame([cur])]) == []
+    assert measured_in_all([measured_metrics(base), measured_metrics(cur)]) == []
     comparison = compare_runs(base, cur)
     assert not any(phase_of(v.metric) for v in comparison.verdicts)
     assert not comparison.missing

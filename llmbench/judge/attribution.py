@@ -27,12 +27,9 @@ import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 STEP_METRIC = "step_time_s_median"
 PHASES = ("data", "forward", "backward", "optimizer_step", "other")
@@ -61,20 +58,16 @@ def profile_metrics(columns: Iterable[str]) -> list[str]:
     return sorted({c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in JUDGED)})
 
 
-def measured_in_all(frames: Sequence[pd.DataFrame]) -> list[str]:
-    """Profile figures every frame measured for some case.
+def measured_in_all(measured: Sequence[set[str]]) -> list[str]:
+    """Profile figures every run measured for some case (``measured``: each run's metric names).
 
     A profile figure only one run has is not judged at all: profiling is a
     run setting, so an unprofiled current run against a profiled baseline is a
     choice, not lost data for the fail-closed gate (a case of a profiled run
     that lost its phases still is: its null figure is judged *missing*).
     """
-    columns = set().union(*(f.columns for f in frames)) if frames else set()
-    return [
-        m
-        for m in profile_metrics(columns)
-        if all(m in f.columns and f[m].notna().any() for f in frames)
-    ]
+    names = set().union(*measured) if measured else set()
+    return [m for m in profile_metrics(names) if all(m in run for run in measured)]
 
 
 class Verdict(Protocol):

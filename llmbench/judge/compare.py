@@ -55,12 +55,12 @@ environments, unless ``--allow-env-mismatch``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from llmbench.errors import ExitCode, UserError
 from llmbench.judge.attribution import annotate, measured_in_all, scattered_phase
@@ -73,7 +73,8 @@ from llmbench.judge.noise import (
     noise_band,
     step_scatter,
 )
-from llmbench.judge.runs import DEVICE_MEMORY, FAILED_STATUSES, Run, per_case, runs_frame
+from llmbench.judge.result import CaseResult
+from llmbench.judge.runs import DEVICE_MEMORY, FAILED_STATUSES, STATUS_SEVERITY, Run
 from llmbench.judge.thresholds import Threshold, Thresholds, default_threshold
 
 DEFAULT_METRICS = (
@@ -184,10 +185,11 @@ class Comparison:
 
 
 def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, (str, bool)) or pd.isna(value):
+    """A finite number, or None (missing, NaN, text, a flag, a list)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         return None
     value = float(value)
-    return value if np.isfinite(value) else None
+    return value if math.isfinite(value) else None
 
 
 def _status_verdict(base: str, cur: str) -> str:
@@ -220,36 +222,54 @@ def _settle(verdict: Verdict, threshold: Threshold, band: Band | None) -> None:
 
 @dataclass
 class _Side:
-    """One run's view of a case: per-case values, per-process values, step lists."""
+    """One run's view of a case: the case (its worst repeat's status), every process's result."""
 
     case: dict[str, Any]
-    processes: list[dict[str, Any]]
+    processes: list[CaseResult]
 
     def values(self, metric: str) -> list[float]:
-        return [v for r in self.processes if (v := _number(r.get(metric))) is not None]
+        return [v for r in self.processes if (v := _number(r.metrics.get(metric))) is not None]
 
     def scatter(self) -> float | None:
-        return step_scatter(
-            r.get("step_times_s") or [] for r in self.processes if r["status"] == "ok"
-        )
+        return step_scatter(r.step_times_s for r in self.processes if r.status == "ok")
+
+    def phase_rows(self) -> list[dict[str, Any]]:
+        """What attribution.scattered_phase reads of each process."""
+        return [{"status": r.status, "phase_times_s": r.phase_times_s} for r in self.processes]
 
 
-def _sides(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, _Side]:
-    """Per case: the median over repeats (with the worst status) and every repeat's row."""
-    present = [m for m in metrics if m in frame.columns]
-    cases = per_case(frame)
-    columns = ["case_id", "label", "status", "reason", "null_reasons", *present]
-    records = cases[[c for c in columns if c in cases.columns]].to_dict("records")
-    rows: dict[str, list[dict[str, Any]]] = {}
-    lists = ["step_times_s", *(["phase_times_s"] if "phase_times_s" in frame.columns else [])]
-    for row in frame[["case_id", "status", *lists, *present]].to_dict("records"):
-        row["status"] = str(row["status"])
-        rows.setdefault(row["case_id"], []).append(row)
+def _sides(run: Run) -> dict[str, _Side]:
+    """Per case, in the run's order: its processes, and the case as its worst repeat says.
+
+    Built from the results themselves, not the results frame: compare reads a
+    few fields of each result, and the frame (then its rows as dicts again)
+    was most of the time ``compare`` took on 10k cases.
+    """
+    grouped: dict[str, list[CaseResult]] = {}
+    for result in run.results:
+        grouped.setdefault(result.case_id, []).append(result)
     out = {}
-    for record in records:
-        record["status"] = str(record["status"])
-        out[record["case_id"]] = _Side(record, rows[record["case_id"]])
+    for case_id, repeats in grouped.items():
+        worst = max(repeats, key=lambda r: STATUS_SEVERITY.get(r.status, len(STATUS_SEVERITY)))
+        case = {
+            "case_id": case_id,
+            "label": worst.label,
+            "status": worst.status,
+            "reason": worst.reason,
+            "null_reasons": worst.null_reasons,
+        }
+        out[case_id] = _Side(case, repeats)
     return out
+
+
+def measured_metrics(run: Run) -> set[str]:
+    """The metrics some result of the run has a value for (NaN is no value)."""
+    return {
+        name
+        for r in run.results
+        for name, value in r.metrics.items()
+        if value is not None and value == value
+    }
 
 
 def history_values(
@@ -258,10 +278,7 @@ def history_values(
     """(case id, metric) → the figure of each good run of ``runs`` (its best process)."""
     values: dict[tuple[str, str], list[float]] = {}
     for run in runs:
-        frame = runs_frame([run])
-        if frame.empty:
-            continue
-        for case_id, side in _sides(frame, metrics).items():
+        for case_id, side in _sides(run).items():
             if side.case["status"] != "ok":
                 continue
             for metric in metrics:
@@ -273,13 +290,13 @@ def history_values(
 
 
 def compared_metrics(
-    frames: Sequence[pd.DataFrame], thresholds: Thresholds, metrics: Sequence[str] = ()
+    measured: Sequence[set[str]], thresholds: Thresholds, metrics: Sequence[str] = ()
 ) -> list[str]:
     """The metrics to judge: those asked for (or the defaults, with the profile figures both
-    runs measured), plus any given a threshold."""
-    wanted = list(metrics or (*DEFAULT_METRICS, *measured_in_all(frames)))
+    runs measured), plus any given a threshold. ``measured``: each run's measured metrics."""
+    wanted = list(metrics or (*DEFAULT_METRICS, *measured_in_all(measured)))
     wanted += [m for m, t in thresholds.overrides.items() if t is not None and m not in wanted]
-    present = [m for m in wanted if any(m in f.columns and f[m].notna().any() for f in frames)]
+    present = [m for m in wanted if any(m in names for names in measured)]
     for metric in metrics:
         if metric not in present:
             raise UserError("not measured in either run", where="--metric", key=metric)
@@ -323,7 +340,7 @@ def _scatter_flag(base: _Side, cur: _Side) -> str | None:
     own, theirs = cur.scatter(), base.scatter()
     if own is None or theirs is None or own <= SCATTER_FACTOR * max(theirs, 0.01):
         return None
-    where = scattered_phase(base.processes, cur.processes)
+    where = scattered_phase(base.phase_rows(), cur.phase_rows())
     return (
         f"{cur.case['label']}: step scatter (p90−p10)/median {own:.0%} vs the baseline's "
         f"{theirs:.0%}: a disturbed run" + (f", {where}" if where else "")
@@ -368,13 +385,14 @@ def compare_runs(
         )
     scenario = current.scenario_name or baseline.scenario_name
     thresholds = thresholds or Thresholds()
-    base_frame, cur_frame = runs_frame([baseline]), runs_frame([current])
-    for run, frame in ((current, cur_frame), (baseline, base_frame)):
-        if frame.empty:
+    for run in (current, baseline):
+        if not run.results:
             role = "current" if run is current else "baseline"
             raise UserError(f"the {role} run has no results: nothing to judge", where=run.run_id)
-    names = compared_metrics([base_frame, cur_frame], thresholds, metrics)
-    base_sides, cur_sides = _sides(base_frame, names), _sides(cur_frame, names)
+    names = compared_metrics(
+        [measured_metrics(baseline), measured_metrics(current)], thresholds, metrics
+    )
+    base_sides, cur_sides = _sides(baseline), _sides(current)
     past = [r for r in history if r.run_id != current.run_id][-HISTORY_RUNS:]
     past_values = history_values(past, thresholds, names)
     comparison = Comparison(baseline.run_id, current.run_id, scenario)

@@ -13,9 +13,9 @@ dashboards show which figure of which case regressed.
 from __future__ import annotations
 
 import html
-import json
 import xml.etree.ElementTree as ET
 
+import orjson
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -255,31 +255,27 @@ def junit_xml(comparison: Comparison) -> str:
 
 
 def to_json(comparison: Comparison) -> str:
-    return (
-        json.dumps(
-            {
-                "baseline": comparison.baseline_id,
-                "current": comparison.current_id,
-                "scenario": comparison.scenario,
-                "method": method_text(comparison),
-                "headline": comparison.headline,
-                "exit_code": comparison.exit_code,
-                "counts": comparison.counts(),
-                "env_differences": comparison.env_differences,
-                "errored": comparison.errored,
-                "missing": len(comparison.missing),
-                "warnings": comparison.warnings,
-                "disturbed": comparison.disturbed,
-                "note": comparison.note,
-                # vars(): a flat record; asdict's deep copy costs seconds on 30,000 rows
-                "verdicts": [vars(v) for v in comparison.sorted_verdicts()],
-                # also each step-time verdict's detail; here with the phases' figures
-                "attributions": [a.to_dict() for a in attribute(comparison)],
-            },
-            allow_nan=False,
-        )
-        + "\n"
-    )
+    """The whole comparison; orjson writes the 30,000 verdicts of a 10k-case run as they
+    are (dataclasses), where the stdlib encoder took a third of ``compare``'s time."""
+    document = {
+        "baseline": comparison.baseline_id,
+        "current": comparison.current_id,
+        "scenario": comparison.scenario,
+        "method": method_text(comparison),
+        "headline": comparison.headline,
+        "exit_code": comparison.exit_code,
+        "counts": comparison.counts(),
+        "env_differences": comparison.env_differences,
+        "errored": comparison.errored,
+        "missing": len(comparison.missing),
+        "warnings": comparison.warnings,
+        "disturbed": comparison.disturbed,
+        "note": comparison.note,
+        "verdicts": comparison.sorted_verdicts(),
+        # also each step-time verdict's detail; here with the phases' figures
+        "attributions": [a.to_dict() for a in attribute(comparison)],
+    }
+    return orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE).decode()
 
 
 def html_section(comparison: Comparison) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pandas as pd
 import pytest
 from golden_runs import DATA, copy_run, runs
 
@@ -70,6 +71,29 @@ def test_a_newer_schema_is_refused(tmp_path):
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(UserError, match="newer llmbench"):
         History(path).runs()
+
+
+def test_a_schema_1_file_is_read_as_is_and_upgraded_by_the_next_write(history):
+    """Schema 1 kept a row per metric besides each record; 2 reads metrics from the records."""
+    expected = trend(history, "tokens_per_s").frame
+    with sqlite3.connect(history.path) as db:  # back to what schema 1 wrote
+        db.executescript(
+            "CREATE TABLE metrics (run_id TEXT, case_id TEXT, repeat INTEGER, name TEXT, "
+            "value REAL, PRIMARY KEY (run_id, case_id, repeat, name));"
+            "CREATE INDEX metrics_by_name ON metrics (name, case_id);"
+            "CREATE TRIGGER metrics_no_delete BEFORE DELETE ON metrics "
+            "BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;"
+            "PRAGMA user_version = 1;"
+        )
+    pd.testing.assert_frame_equal(trend(history, "tokens_per_s").frame, expected)
+    history.record_verdict(NIGHTLY[0].name, None, 0, "ok")
+    with sqlite3.connect(history.path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "metrics" not in tables and "metrics_by_name" not in tables
+    pd.testing.assert_frame_equal(trend(history, "tokens_per_s").frame, expected)
+    assert "tokens_per_s" in history.metric_names() and history.has_metric("tokens_per_s")
+    assert not history.has_metric('no "such" metric')
 
 
 def test_wal_mode(history):

@@ -21,6 +21,7 @@ import statistics
 from pathlib import Path
 
 from llmbench.judge.result import CaseResult
+from llmbench.measure import trace_analysis
 from llmbench.measure.metrics import StepShape
 from llmbench.measure.profile import DS_TIMERS, PIPELINE_NO_TIMERS
 from llmbench.measure.record import RankRecord
@@ -131,12 +132,15 @@ def _comm(result: CaseResult, records: list[RankRecord]) -> None:
 
 
 def _trace(result: CaseResult, records: list[RankRecord], run_dir: Path) -> None:
-    files = [r.profile["trace"] for r in records if r.profile.get("trace")]
-    if not files:
+    traced = {r.rank: Path(r.profile["trace"]) for r in records if r.profile.get("trace")}
+    if not traced:
         return
-    result.profile["trace_files"] = [_relative(f, run_dir) for f in files]
+    result.profile["trace_files"] = [_relative(str(f), run_dir) for f in traced.values()]
     result.profile["trace_steps"] = records[0].profile.get("trace_steps")
     result.profile["top_ops"] = next((r.profile["top_ops"] for r in records if r.rank == 0), [])
+    trace_analysis.analyse(
+        result, traced, on_gpu=any(r.device_name not in (None, "cpu") for r in records)
+    )
 
 
 def _flops(

@@ -18,6 +18,8 @@ from llmbench.measure.profile import (
     TRACE_STEPS,
     ds_config,
 )
+from llmbench.measure.trace_analysis import CPU_TRACE
+from llmbench.measure.trace_analysis import METRICS as HTA_METRICS
 from tests.conftest import read_results, run_dirs, run_llmbench
 
 TINY = """\
@@ -126,6 +128,10 @@ def test_trace_records_only_extra_steps_with_llmbench_ranges(tmp_path):
     assert any(op["name"].startswith("aten::") for op in traced["profile"]["top_ops"])
     assert len(traced["step_times_s"]) == 3
     assert "phase_forward_s_median" not in traced["metrics"]  # phases are the trace's job here
+    # HTA's GPU breakdown: null on a CPU trace, with the reason
+    assert traced["profile"]["hta"] is None
+    assert all(traced["metrics"][m] is None for m in HTA_METRICS)
+    assert {traced["null_reasons"][m] for m in HTA_METRICS} == {CPU_TRACE}
 
 
 @pytest.mark.slow

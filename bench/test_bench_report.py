@@ -1,4 +1,4 @@
-"""Cost of ``report``, ``compare`` and ``history`` on 10,000 stored case results.
+"""Cost of ``report``, ``compare`` and ``history`` (indexing, trends) on 10,000 stored case results.
 
 The inputs are real results — the golden nightly runs of tests/data/runs —
 repeated under distinct case ids until each run holds 10,000: every figure in
@@ -22,7 +22,7 @@ import pytest
 from rich.console import Console
 
 from llmbench.judge.compare import compare_runs
-from llmbench.judge.history import History
+from llmbench.judge.history import History, trend
 from llmbench.judge.report.render import render
 from llmbench.judge.runs import read_run, runs_frame
 
@@ -96,6 +96,16 @@ def test_history_index_10k(benchmark, scaled, tmp_path):
         return History(tmp_path / f"h{next(counter)}.sqlite").index_run(run)
 
     assert benchmark.pedantic(index, rounds=3, iterations=1) == CASES
+
+
+def test_history_trend_10k(benchmark, scaled, tmp_path):
+    """``llmbench history --metric`` on a history holding the 10,000 cases: bands and change
+    points per case."""
+    history = History(tmp_path / "trend.sqlite")
+    history.index_run(read_run(scaled[0]))
+    history.index_run(read_run(scaled[1]))
+    frame = benchmark.pedantic(lambda: trend(history, "tokens_per_s").frame, rounds=3)
+    assert frame["case_id"].nunique() == CASES
 
 
 def _command(args: list[str]) -> subprocess.CompletedProcess:

@@ -13,8 +13,8 @@ only the results it did not have (a resumed sweep), and decisions about runs
 one winning.
 
 Each result is stored whole (its results.jsonl line), so ``compare`` works
-from a stored run id even after the run directory is gone; numeric metrics are
-also stored one per row for trend queries.
+from a stored run id even after the run directory is gone; trend queries read
+a metric out of the stored records with SQLite's ``json_extract``.
 
 Change points over a metric's history use a rolling-median step detector
 (see :func:`change_points`); each point also carries the noise band of the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,16 @@ def run_llmbench(
         env={**os.environ, "COLUMNS": "200"},
         **kwargs,
     )
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child a test will send SIGINT: the signal's default action.
+
+    A test run started in the background by a non-interactive shell inherits
+    SIGINT ignored (POSIX), and Python then installs no KeyboardInterrupt
+    handler in its children: the test's Ctrl-C would never arrive.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from llmbench.errors import ExitCode
+from tests.conftest import interruptible
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ run: {{timeout_s: {timeout}, sampling: false}}
 class Sweep:
     """One ``llmbench run`` in the background, tagged so every descendant can be found."""
 
-    def __init__(self, tmp: Path, args: list[str], name: str = "sweep", preexec_fn=None):
+    def __init__(self, tmp: Path, args: list[str], name: str = "sweep", preexec_fn=interruptible):
         self.tag = uuid.uuid4().hex
         self.out = (tmp / f"{name}.out").open("w")
         self.proc = subprocess.Popen(
@@ -271,6 +272,7 @@ def test_a_full_disk_while_appending_is_one_clear_error_and_the_next_run_repairs
     run.append(filler)  # results.jsonl now ends a few hundred bytes short of the limit
 
     def limited() -> None:
+        interruptible()
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     args = ["--resume", str(run.path)]

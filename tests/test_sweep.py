@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, read_results, run_dirs, run_llmbench
+from tests.conftest import ROOT, interruptible, read_results, run_dirs, run_llmbench
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ds_ops")]
 
@@ -156,6 +156,7 @@ def test_interrupt_keeps_finished_cases_and_leaves_nothing_running(write_scenari
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # a terminal's Ctrl-C goes to the foreground process group
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 300
     results = None

@@ -100,7 +100,7 @@ def noise_band(
     """The band a change must clear: the history's when it has enough runs, else the repeats'.
 
     The history band measures exactly what a verdict needs — how the run-level
-    figure (the median of a run's processes) moves between runs of unchanged
+    figure (the best of a run's processes) moves between runs of unchanged
     code — and includes the process-to-process scatter behind it. The repeats
     band stands in until the history is long enough; it sees only the scatter
     within two runs, and one process of three stalled by a neighbour inflates it.

@@ -222,9 +222,9 @@ def _settle(verdict: Verdict, threshold: Threshold, band: Band | None) -> None:
 
 @dataclass
 class _Side:
-    """One run's view of a case: the case (its worst repeat's status), every process's result."""
+    """One run's view of a case: its worst repeat (status, reason), every process's result."""
 
-    case: dict[str, Any]
+    case: CaseResult
     processes: list[CaseResult]
 
     def values(self, metric: str) -> list[float]:
@@ -239,7 +239,7 @@ class _Side:
 
 
 def _sides(run: Run) -> dict[str, _Side]:
-    """Per case, in the run's order: its processes, and the case as its worst repeat says.
+    """Per case, in the run's order: its processes and the worst of them (the first, on a tie).
 
     Built from the results themselves, not the results frame: compare reads a
     few fields of each result, and the frame (then its rows as dicts again)
@@ -248,18 +248,13 @@ def _sides(run: Run) -> dict[str, _Side]:
     grouped: dict[str, list[CaseResult]] = {}
     for result in run.results:
         grouped.setdefault(result.case_id, []).append(result)
-    out = {}
-    for case_id, repeats in grouped.items():
-        worst = max(repeats, key=lambda r: STATUS_SEVERITY.get(r.status, len(STATUS_SEVERITY)))
-        case = {
-            "case_id": case_id,
-            "label": worst.label,
-            "status": worst.status,
-            "reason": worst.reason,
-            "null_reasons": worst.null_reasons,
-        }
-        out[case_id] = _Side(case, repeats)
-    return out
+    return {
+        case_id: _Side(max(repeats, key=_severity), repeats) for case_id, repeats in grouped.items()
+    }
+
+
+def _severity(result: CaseResult) -> int:
+    return STATUS_SEVERITY.get(result.status, len(STATUS_SEVERITY))
 
 
 def measured_metrics(run: Run) -> set[str]:
@@ -279,7 +274,7 @@ def history_values(
     values: dict[tuple[str, str], list[float]] = {}
     for run in runs:
         for case_id, side in _sides(run).items():
-            if side.case["status"] != "ok":
+            if side.case.status != "ok":
                 continue
             for metric in metrics:
                 threshold = thresholds.for_metric(metric)
@@ -316,12 +311,12 @@ def _metric_verdict(
     base_values, cur_values = base.values(metric), cur.values(metric)
     b = best(base_values, threshold.worse) if base_values else None
     c = best(cur_values, threshold.worse) if cur_values else None
-    verdict = Verdict(case["case_id"], case["label"], metric, "unchanged", b, c)
+    verdict = Verdict(case.case_id, case.label, metric, "unchanged", b, c)
     verdict.threshold = threshold.text()
     if b is None and c is None:
         return None
     if b is None or c is None:
-        reasons = (base.case if c is not None else case).get("null_reasons") or {}
+        reasons = (base.case if c is not None else case).null_reasons
         verdict.verdict = "new" if b is None else "missing"
         verdict.detail = reasons.get(metric, "not measured")
         return verdict
@@ -342,22 +337,22 @@ def _scatter_flag(base: _Side, cur: _Side) -> str | None:
         return None
     where = scattered_phase(base.phase_rows(), cur.phase_rows())
     return (
-        f"{cur.case['label']}: step scatter (p90−p10)/median {own:.0%} vs the baseline's "
+        f"{cur.case.label}: step scatter (p90−p10)/median {own:.0%} vs the baseline's "
         f"{theirs:.0%}: a disturbed run" + (f", {where}" if where else "")
     )
 
 
-def _missing_verdict(case_id: str, base: dict[str, Any], thresholds: Thresholds) -> Verdict:
+def _missing_verdict(case_id: str, base: CaseResult, thresholds: Thresholds) -> Verdict:
     verdict = Verdict(
         case_id,
-        base["label"],
+        base.label,
         "status",
         "missing",
-        base["status"],
+        base.status,
         None,
         detail="not in the current run",
     )
-    verdict.allowed = thresholds.missing_allowed(case_id, base["label"], "status")
+    verdict.allowed = thresholds.missing_allowed(case_id, base.label, "status")
     return verdict
 
 
@@ -404,34 +399,34 @@ def compare_runs(
     ]
     for case_id, cur in cur_sides.items():
         case = cur.case
-        if case["status"] in FAILED_STATUSES:
-            comparison.errored.append(case["label"])
+        if case.status in FAILED_STATUSES:
+            comparison.errored.append(case.label)
         base = base_sides.get(case_id)
         if base is None:
-            verdict = "failed" if case["status"] in FAILED_STATUSES else "new"
+            verdict = "failed" if case.status in FAILED_STATUSES else "new"
             comparison.verdicts.append(
                 Verdict(
                     case_id,
-                    case["label"],
+                    case.label,
                     "status",
                     verdict,
                     None,
-                    case["status"],
-                    detail=_reason(case),
+                    case.status,
+                    detail=case.reason or "",
                 )
             )
             continue
-        if not (base.case["status"] == case["status"] == "ok"):
+        if not (base.case.status == case.status == "ok"):
             status = Verdict(
                 case_id,
-                case["label"],
+                case.label,
                 "status",
-                _status_verdict(base.case["status"], case["status"]),
-                base.case["status"],
-                case["status"],
-                detail=_reason(case) or _reason(base.case),
+                _status_verdict(base.case.status, case.status),
+                base.case.status,
+                case.status,
+                detail=case.reason or base.case.reason or "",
             )
-            status.allowed = thresholds.missing_allowed(case_id, case["label"], "status")
+            status.allowed = thresholds.missing_allowed(case_id, case.label, "status")
             comparison.verdicts.append(status)
             continue
         if flag := _scatter_flag(base, cur):
@@ -444,18 +439,13 @@ def compare_runs(
                 base, cur, metric, threshold, past_values.get((case_id, metric), [])
             )
             if judged is not None:
-                judged.allowed = thresholds.missing_allowed(case_id, case["label"], metric)
+                judged.allowed = thresholds.missing_allowed(case_id, case.label, metric)
                 comparison.verdicts.append(judged)
     for case_id, base in base_sides.items():
         if case_id not in cur_sides:
             comparison.verdicts.append(_missing_verdict(case_id, base.case, thresholds))
     annotate(comparison)  # a step-time change of a profiled case names its phases
     return comparison
-
-
-def _reason(case: dict[str, Any]) -> str:
-    reason = case.get("reason")
-    return reason if isinstance(reason, str) else ""
 
 
 def no_baseline(current: Run, why: str) -> Comparison:

@@ -59,6 +59,23 @@ def percent(value: Any) -> str:
     return "–" if _missing(value) else f"{float(value) * 100:.1f} %"
 
 
+def figure(metric: str, value: Any) -> str:
+    """A figure in the unit its metric's name carries (``_bytes``, ``_per_s``, ``_s``)."""
+    if isinstance(value, str):
+        return value
+    if _missing(value):
+        return "–"
+    if metric.endswith("_bytes"):
+        return bytes_(value)
+    if "_per_s" in metric:
+        return rate(value)
+    if metric.endswith(("_s", "_s_median")) or metric.startswith("step_time_s_"):
+        return seconds(value)
+    if metric == "mfu":
+        return percent(value)
+    return number(value)
+
+
 def size_label(size: float) -> str:
     """``4MiB`` when the size is a whole number of a binary unit, else ``1000B``."""
     for unit, scale in BINARY_UNITS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -36,3 +37,18 @@ def test_plan_does_not_import_the_other_wings_commands():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["['llmbench.cli.base',", "'llmbench.cli.plan']"]
+
+
+def test_compare_does_not_load_pandas(tmp_path):
+    """compare judges results, not frames: pandas' ~0.2 s import is not its to pay."""
+    golden = sorted(p for p in (Path(__file__).parent / "data" / "runs" / "nightly").iterdir())
+    code = (
+        "import sys; from llmbench.cli import cli\n"
+        f"try: cli(['compare', {str(golden[0])!r}, {str(golden[1])!r}, "
+        f"'--markdown', {str(tmp_path / 's.md')!r}], standalone_mode=False)\n"
+        "except SystemExit: pass\n"
+        "print('pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "False", out.stdout
+    assert (tmp_path / "s.md").read_text().startswith("## llmbench compare")

@@ -63,10 +63,3 @@ def test_strings_from_results_are_escaped(tmp_path):
     assert "<script>" not in text and "[link](" not in text
     assert "a \\| b<br>&lt;script&gt;x&lt;/script&gt; \\*bold\\* \\[link\\](http://x)" in text
     _tables(text)
-
-
-def test_table_helper_alignment():
-    assert (
-        markdown.table(["a", "n"], [["x", "1"]], right={1})
-        == "| a | n |\n| --- | ---: |\n| x | 1 |"
-    )

@@ -34,10 +34,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from llmbench.errors import UserError
 from llmbench.judge.noise import HISTORY_RUNS, Band, history_band
@@ -45,6 +44,9 @@ from llmbench.judge.result import CaseResult
 from llmbench.judge.runs import FAILED_STATUSES, Run, read_run
 from llmbench.judge.store import RESULTS
 from llmbench.judge.thresholds import default_threshold
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: compare never builds one
+    import pandas as pd
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
@@ -408,6 +410,8 @@ class History:
         fingerprint: str | None = None,
     ) -> pd.DataFrame:
         """One row per ok result holding ``metric``: run, time, case, label, value."""
+        import pandas as pd
+
         where, args = _filters(scenario=scenario, fingerprint=fingerprint, case=case)
         where = where.replace("WHERE", "AND") if where else ""
         path = _metric_path(metric)
@@ -548,6 +552,8 @@ def trend(
     last: int | None = None,
 ) -> Trend:
     """A metric's history per case (each run's best process), bands and change points."""
+    import pandas as pd
+
     rows = history.metric_rows(metric, scenario=scenario, case=case, fingerprint=fingerprint)
     if rows.empty:
         known = history.metric_names()

@@ -16,15 +16,17 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from llmbench.define.schema import CASE_KEYS
 from llmbench.errors import UserError
 from llmbench.judge.result import CaseResult
 from llmbench.judge.store import RunDir
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: compare never builds one
+    import pandas as pd
 
 IDENTITY = ["run_id", "scenario", "case_id", "label", "repeat", "status", "reason"]
 LISTS = ["step_times_s", "losses", "phase_times_s"]
@@ -130,6 +132,8 @@ def results_frame(results: Iterable[CaseResult]) -> pd.DataFrame:
     results in tens of milliseconds, where a Python row per result took ~1 s).
     A key a result lacks is a missing value in its column.
     """
+    import pandas as pd
+
     results = list(results)
     if not results:
         return pd.DataFrame(columns=IDENTITY)

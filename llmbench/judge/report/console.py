@@ -11,7 +11,7 @@ from rich.text import Text
 
 from llmbench import units
 from llmbench.judge.report.pivot import Pivot, cell_lines, legend, short
-from llmbench.judge.report.tables import TextTable, cell_text, format_metric
+from llmbench.judge.report.tables import TextTable, cell_text
 from llmbench.judge.runs import per_case, swept_columns
 
 MAX_ROWS = 200
@@ -165,7 +165,7 @@ def trend_table(trend: Trend) -> Table:
                 str(row["run_id"]),
                 started.strftime("%Y-%m-%d %H:%M") if not pd.isna(started) else "–",
                 str(row["fingerprint"]),
-                format_metric(trend.metric, row["value"]),
+                units.figure(trend.metric, row["value"]),
                 _band(trend.metric, row.get("band_low"), row.get("band_high")),
                 change,
             ]
@@ -179,7 +179,7 @@ def trend_table(trend: Trend) -> Table:
 def _band(metric: str, low: float | None, high: float | None) -> str:
     if low is None or high is None or pd.isna(low) or pd.isna(high):
         return ""
-    return f"{format_metric(metric, low)} – {format_metric(metric, high)}"
+    return f"{units.figure(metric, low)} – {units.figure(metric, high)}"
 
 
 def runs_table(rows: Sequence[RunRow]) -> Table:

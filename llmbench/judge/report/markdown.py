@@ -1,42 +1,16 @@
-"""Markdown renderings (GitHub-flavoured): the run report, and the table helper others share.
-
-Every string that comes from results (labels, reasons, host names) is escaped:
-a reason such as ``<script>`` or ``a | b`` must not change the page.
-"""
+"""The run report in Markdown (GitHub-flavoured); escaping and pipe tables are in md.py."""
 
 from __future__ import annotations
 
-import html
-import re
-from collections.abc import Sequence, Set
+from collections.abc import Sequence
 
 import pandas as pd
 
 from llmbench.judge.report import breakdown as profile
+from llmbench.judge.report.md import escape, table
 from llmbench.judge.report.pivot import Pivot, cell_lines, legend, short
 from llmbench.judge.report.tables import TextTable, cases_table, environment_table, failures_table
 from llmbench.judge.runs import Run
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
-
-
-def escape(text: object) -> str:
-    """Text that renders as itself inside a Markdown table cell."""
-    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
-    return escaped.replace("\r", "").replace("\n", "<br>")
-
-
-def table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Set[int] = frozenset()
-) -> str:
-    """A pipe table; cells are escaped here, so pass plain text."""
-    align = ["---:" if i in right else "---" for i in range(len(header))]
-    lines = [
-        "| " + " | ".join(escape(h) for h in header) + " |",
-        "| " + " | ".join(align) + " |",
-    ]
-    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def text_table(source: TextTable) -> str:

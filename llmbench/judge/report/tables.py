@@ -47,23 +47,6 @@ class TextTable:
     """Index of the column holding a case status (renderers colour it)."""
 
 
-def format_metric(metric: str, value: object) -> str:
-    """A figure in the unit its name carries (``_bytes``, ``_per_s``, ``_s``)."""
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "–"
-    if metric.endswith("_bytes"):
-        return units.bytes_(value)
-    if "_per_s" in metric:
-        return units.rate(value)
-    if metric.endswith(("_s", "_s_median")) or metric.startswith("step_time_s_"):
-        return units.seconds(value)
-    if metric == "mfu":
-        return units.percent(value)
-    return units.number(value)
-
-
 def cell_text(value: object) -> str:
     """A setting or reason as a table cell: a missing value is a dash, never "None" or "nan"."""
     if value is None or (isinstance(value, float) and pd.isna(value)):

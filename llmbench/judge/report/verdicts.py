@@ -21,11 +21,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from llmbench import units
 from llmbench.judge.attribution import attribute
 from llmbench.judge.compare import Comparison, Verdict
 from llmbench.judge.noise import HISTORY_RUNS, MIN_HISTORY, NOISE_Z
-from llmbench.judge.report import markdown
-from llmbench.judge.report.tables import format_metric
+from llmbench.judge.report import md
 
 SUMMARY_BUDGET_BYTES = 1_000_000
 """Under GitHub's 1 MiB step-summary limit, with room for the last row and the note."""
@@ -59,7 +59,7 @@ def _change(v: Verdict) -> str:
     if v.change_rel is not None:
         return f"{v.change_rel * 100:+.1f} %"
     if v.change is not None:
-        return ("+" if v.change >= 0 else "") + format_metric(v.metric, v.change)
+        return ("+" if v.change >= 0 else "") + units.figure(v.metric, v.change)
     return ""
 
 
@@ -73,7 +73,7 @@ def band_text(v: Verdict) -> str:
         low, high = ((edge - base) / abs(base) * 100 for edge in (band.low, band.high))
         text = f"{low:+.1f} … {high:+.1f} %"
     else:
-        text = f"{format_metric(v.metric, band.low)} … {format_metric(v.metric, band.high)}"
+        text = f"{units.figure(v.metric, band.low)} … {units.figure(v.metric, band.high)}"
     return f"{text} ({band.source})"
 
 
@@ -86,8 +86,8 @@ def _cells(v: Verdict) -> list[str]:
         v.label,
         v.metric,
         v.verdict + (" (allowed)" if _allowed(v) else ""),
-        format_metric(v.metric, v.baseline),
-        format_metric(v.metric, v.current),
+        units.figure(v.metric, v.baseline),
+        units.figure(v.metric, v.current),
         _change(v),
         v.threshold or "",
         band_text(v),
@@ -161,32 +161,32 @@ def terminal(comparison: Comparison) -> Group:
 def summary_markdown(comparison: Comparison) -> str:
     """A CI step summary: headline, counts, environment warning, worst rows first."""
     lines = [
-        f"## llmbench compare: {markdown.escape(comparison.headline)}",
+        f"## llmbench compare: {md.escape(comparison.headline)}",
         "",
-        f"Scenario {markdown.escape(comparison.scenario or '–')}: baseline "
-        f"{markdown.escape(comparison.baseline_id or 'none')} → current "
-        f"{markdown.escape(comparison.current_id)}."
-        + (f" {markdown.escape(method_text(comparison))}." if comparison.baseline_id else ""),
+        f"Scenario {md.escape(comparison.scenario or '–')}: baseline "
+        f"{md.escape(comparison.baseline_id or 'none')} → current "
+        f"{md.escape(comparison.current_id)}."
+        + (f" {md.escape(method_text(comparison))}." if comparison.baseline_id else ""),
         "",
     ]
     if comparison.env_differences:
         lines += [
             "> **Warning: the environments differ** (compared because of --allow-env-mismatch):",
-            *[f"> - {markdown.escape(d)}" for d in comparison.env_differences],
+            *[f"> - {md.escape(d)}" for d in comparison.env_differences],
             "",
         ]
-    lines += [f"> **Warning:** {markdown.escape(n)}" for n in notes(comparison)]
+    lines += [f"> **Warning:** {md.escape(n)}" for n in notes(comparison)]
     lines += [""] if notes(comparison) else []
     if comparison.baseline_id is None and not comparison.verdicts:
         return "\n".join(lines)
     counts = {k: n for k, n in comparison.counts().items() if n}
-    lines += [markdown.table(list(counts), [[str(n) for n in counts.values()]]), ""]
-    head = markdown.table(HEADER, [], right=NUMERIC)
+    lines += [md.table(list(counts), [[str(n) for n in counts.values()]]), ""]
+    head = md.table(HEADER, [], right=NUMERIC)
     text = "\n".join(lines) + "\n" + head + "\n"
     used = len(text.encode())
     rows = comparison.sorted_verdicts()
     for index, v in enumerate(rows):
-        line = "| " + " | ".join(markdown.escape(c) for c in _cells(v)) + " |\n"
+        line = "| " + " | ".join(md.escape(c) for c in _cells(v)) + " |\n"
         if used + len(line.encode()) > SUMMARY_BUDGET_BYTES - 200:
             text += f"\n_{len(rows) - index} more rows left out to fit a CI summary; see the JSON output._\n"
             break

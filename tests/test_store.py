@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 
@@ -9,7 +10,7 @@ import pytest
 
 from llmbench.errors import UserError
 from llmbench.judge.result import CaseResult
-from llmbench.judge.store import CorruptLineWarning, RunDir, append_line, read_jsonl
+from llmbench.judge.store import CorruptLineWarning, RunDir, append_line, gc_paused, read_jsonl
 
 
 def result(i: int, repeat: int = 0) -> CaseResult:
@@ -197,3 +198,17 @@ def test_a_non_finite_number_deep_in_a_result_is_written_as_null(tmp_path):
     (back,) = run.results()
     assert back.ranks == [{"init_s": None, "nested": [None, 1.0]}]
     assert back.step_times_s == [0.1, None] and back.null_reasons == deep.null_reasons
+
+
+def test_gc_paused_turns_the_collector_off_and_back_as_it_was():
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

@@ -99,7 +99,7 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
 
     from llmbench.define.schema import CaseSpec
     from llmbench.measure.training import build_batches, build_training_model, train_step
-    from llmbench.measure.weights import fixed_mmap_threshold
+    from llmbench.measure.weights import fixed_mmap_threshold, map_large_blocks
 
     spec = CaseSpec.model_validate(task.spec)
     if task.device == "cpu" and task.threads:
@@ -113,6 +113,8 @@ def _train(task: RankTask, record: RankRecord, phase: PhaseLog) -> None:
     else:
         record.device_name = "cpu"
     if spec.training.rank_memory_limit_bytes:
+        if task.device == "cpu":
+            map_large_blocks()
         _limit_memory(task.device, spec.training.rank_memory_limit_bytes, local_rank)
     backend = "nccl" if task.device == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=task.timeout_s))

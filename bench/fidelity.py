@@ -1,10 +1,14 @@
 """Does llmbench's tokens/s match a plain DeepSpeed loop, and fork match spawn? (issue 16)
 
-Each round runs, in rotating order, every selected system on the same cases:
+Each round runs every selected system on the same cases, block by block (one
+world size and one dropout setting, four cases): every system runs a block, in
+an order that rotates with round and block, before the next block starts, so
+the two figures of a ratio are measured minutes apart — this machine's speed
+drifts by several per cent over a few minutes, and a ratio of figures taken a
+whole round (15 minutes) apart measured that drift. The systems:
 
 * ``fork`` / ``spawn``: ``llmbench run`` with ``run.start_method`` fork / spawn;
-* ``plain``: bench/plain_loop.py under ``torchrun`` (one launch per world size,
-  its cases in turn) with the DeepSpeed config llmbench generates for each case
+* ``plain``: bench/plain_loop.py under ``torchrun`` (one launch per case) with the DeepSpeed config llmbench generates for each case
   (llmbench.measure.dsconfig) and the threads llmbench gives a rank
   (``OMP_NUM_THREADS`` = cores ÷ ranks).
 
@@ -87,23 +91,38 @@ def run_llmbench(scenario: Path, sets: list[str], method: str, out: Path) -> dic
     return {"sweep_wall_s": wall, "cases": cases}
 
 
-def plain_cases(scenario: Path, sets: list[str]) -> dict[int, list[dict]]:
-    """The cases with the DeepSpeed config llmbench generates for each, by world size."""
+def plain_cases(scenario: Path, sets: list[str]) -> list[dict]:
+    """The cases, each with the DeepSpeed config llmbench generates for it."""
     sys.path.insert(0, str(ROOT))
     from llmbench.define.loader import load_scenario
     from llmbench.measure.dsconfig import deepspeed_config
 
-    by_size: dict[int, list[dict]] = {}
+    cases = []
     for case in load_scenario(scenario, overrides=sets).expand():
         spec = case.spec
-        by_size.setdefault(spec.parallel.world_size, []).append(
+        cases.append(
             {
                 "name": key(case.params),
                 "ds_config": deepspeed_config(spec, spec.training.micro_batch),
                 "dropout": spec.model.dropout,
+                "world_size": spec.parallel.world_size,
             }
         )
-    return by_size
+    return cases
+
+
+def blocks(cases: list[dict]) -> list[tuple[list[str], list[dict]]]:
+    """The cases in blocks of one world size and one dropout, each with the llmbench
+    overrides that select it: every system runs a block before the next block starts,
+    so the figures a ratio divides were measured minutes apart, not a whole round apart
+    (this machine's speed drifts by several per cent over minutes)."""
+    groups: dict[tuple, list[dict]] = {}
+    for case in cases:
+        groups.setdefault((case["world_size"], str(case["dropout"])), []).append(case)
+    return [
+        ([f"parallel.world_size={ws}", f"model.dropout={dropout}"], members)
+        for (ws, dropout), members in sorted(groups.items())
+    ]
 
 
 def torchrun(cases: list[dict], world_size: int, work: Path, out: Path) -> float:
@@ -122,11 +141,18 @@ def torchrun(cases: list[dict], world_size: int, work: Path, out: Path) -> float
     return time.perf_counter() - t0
 
 
-def run_plain(by_size: dict[int, list[dict]], work: Path) -> dict:
+def run_plain(cases: list[dict], work: Path) -> dict:
+    """A torchrun per case, their tokens/s.
+
+    One launch per case, as llmbench gives each case fresh processes: four
+    cases in one launch ran at speeds that depended on the cases before them
+    (the same case 7-12 % faster or slower than in a fresh llmbench process,
+    the same way in all three rounds).
+    """
     out = work / "plain.jsonl"
     out.unlink(missing_ok=True)
-    for world_size, cases in sorted(by_size.items()):
-        torchrun(cases, world_size, work, out)
+    for case in cases:
+        torchrun([case], case["world_size"], work, out)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     return {"cases": {x["name"]: {"tokens_per_s": x["tokens_per_s"]} for x in lines}}
 
@@ -150,23 +176,32 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
     scenario = work / "fidelity.yaml"
     scenario.write_text(SCENARIO)
-    by_size = plain_cases(scenario, args.sets)
-    first = next(iter(by_size[min(by_size)]))
+    cases = plain_cases(scenario, args.sets)
+    first = min(cases, key=lambda c: c["world_size"])
     load_before = uptime()
     rounds: list[dict] = []
     for r in range(args.rounds):
-        order = systems[r % len(systems) :] + systems[: r % len(systems)]
-        measured: dict = {}
-        for system in order:
-            print(f"round {r + 1}/{args.rounds}: {system} (load {uptime()})", flush=True)
-            if system == "plain":
-                measured[system] = run_plain(by_size, work)
-            else:
-                target = work / f"{system}-{r}"
-                measured[system] = run_llmbench(scenario, args.sets, system, target)
-                shutil.rmtree(target, ignore_errors=True)
+        measured: dict = {s: {"cases": {}, "sweep_wall_s": 0.0} for s in systems}
+        for b, (selection, members) in enumerate(blocks(cases)):
+            shift = (r + b) % len(systems)
+            for system in systems[shift:] + systems[:shift]:
+                print(
+                    f"round {r + 1}/{args.rounds}, {' '.join(selection)}: {system} "
+                    f"(load {uptime()})",
+                    flush=True,
+                )
+                if system == "plain":
+                    got = run_plain(members, work)
+                else:
+                    target = work / f"{system}-{r}-{b}"
+                    got = run_llmbench(scenario, [*args.sets, *selection], system, target)
+                    shutil.rmtree(target, ignore_errors=True)
+                    measured[system]["sweep_wall_s"] += got["sweep_wall_s"]
+                measured[system]["cases"].update(got["cases"])
         if not args.no_bare:
-            measured["bare_torchrun_s"] = torchrun([first], min(by_size), work, work / "bare.jsonl")
+            measured["bare_torchrun_s"] = torchrun(
+                [first], first["world_size"], work, work / "bare.jsonl"
+            )
         rounds.append(measured)
     load_after = uptime()
 

@@ -114,12 +114,28 @@ def _command(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
+def test_whole_command_report_terminal_10k(benchmark, scaled):
+    done = benchmark.pedantic(_command, (["report", str(scaled[1])],), rounds=3, iterations=1)
+    assert done.returncode == 0, done.stderr
+
+
+def test_whole_command_history_index_10k(benchmark, scaled, tmp_path):
+    counter = iter(range(1000))
+
+    def index() -> subprocess.CompletedProcess:
+        history = tmp_path / f"h{next(counter)}.sqlite"
+        return _command(["history", "--index", str(scaled[1]), "--history", str(history)])
+
+    done = benchmark.pedantic(index, rounds=3, iterations=1)
+    assert done.returncode == 0, done.stderr
+
+
 def test_whole_command_report_10k(benchmark, scaled, tmp_path):
     out = tmp_path / "report.html"
     done = benchmark.pedantic(
         _command,
         (["report", str(scaled[1]), "--format", "html", "-o", str(out)],),
-        rounds=2,
+        rounds=3,
         iterations=1,
     )
     assert done.returncode == 0, done.stderr
@@ -127,5 +143,5 @@ def test_whole_command_report_10k(benchmark, scaled, tmp_path):
 
 def test_whole_command_compare_10k(benchmark, scaled, tmp_path):
     args = ["compare", str(scaled[0]), str(scaled[1]), "--json", str(tmp_path / "v.json")]
-    done = benchmark.pedantic(_command, (args,), rounds=2, iterations=1)
+    done = benchmark.pedantic(_command, (args,), rounds=3, iterations=1)
     assert done.returncode in (0, 1), done.stderr

@@ -9,7 +9,8 @@ CPU), RSS and peak RSS (VmHWM, reset before construction) after each phase.
 It is how the README's "ZeRO-3 at scale" shows which phase a memory cap meets.
 
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 torchrun --nproc-per-node 8 \\
-        bench/zero3_memory.py scenarios/zero3_scale.yaml --steps 1
+        bench/zero3_memory.py scenarios/zero3_scale.yaml --steps 2
+    ... bench/zero3_memory.py scenarios/zero3_cap.yaml --steps 2 --map-large-blocks
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def main() -> None:
     parser.add_argument("scenario", type=Path)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--whole", action="store_true", help="build the whole model on every rank")
+    parser.add_argument(
+        "--map-large-blocks",
+        action="store_true",
+        help="map malloc blocks of 1 MiB and up for the whole run, as a memory-capped rank does",
+    )
     args = parser.parse_args()
 
     import deepspeed
@@ -44,6 +50,7 @@ def main() -> None:
     from llmbench.define.loader import parse_scenario
     from llmbench.measure.dsconfig import deepspeed_config
     from llmbench.measure.training import build_training_model
+    from llmbench.measure.weights import map_large_blocks
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank = int(os.environ["RANK"])
@@ -54,6 +61,8 @@ def main() -> None:
         print(f"rank {rank} {phase:>12}: {status_mb()}", flush=True)
 
     torch.manual_seed(spec.training.seed)
+    if args.map_large_blocks:
+        map_large_blocks()
     Path("/proc/self/clear_refs").write_text("5")
     show("start")
     model, _ = build_training_model(spec, None if args.whole else ds)

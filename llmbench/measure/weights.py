@@ -110,10 +110,11 @@ def map_large_blocks() -> None:
     A cap on a CPU rank stands in for a smaller device, whose allocator hands
     freed memory straight back to its pool. glibc instead keeps blocks below its
     sliding threshold (up to 32 MiB) as heap holes that still count against the
-    cap: ZeRO-3's gathered parameters and gradient buckets, freed and allocated
-    again every layer, left 8 ranks of a 1.1 GB Llama holding 1,747-1,884 MB after two
-    steps, against 1,258-1,259 MB with 1 MiB blocks mapped. Step times of such a
-    case pay a page fault per large block; the worker records the threshold.
+    cap: ZeRO-3's gathered parameters and gradient buckets are freed and
+    allocated again every layer. scenarios/zero3_cap.yaml (12 ranks of a 1.1 GB
+    Llama, 1 GiB each) is ``oom`` in its first step with glibc's 32 MiB and
+    trains with 1 MiB. Step times of such a case pay page faults for large
+    blocks; the worker records the threshold.
     """
     global _fixed_threshold
     libc = _glibc()

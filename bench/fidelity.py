@@ -8,7 +8,8 @@ drifts by several per cent over a few minutes, and a ratio of figures taken a
 whole round (15 minutes) apart measured that drift. The systems:
 
 * ``fork`` / ``spawn``: ``llmbench run`` with ``run.start_method`` fork / spawn;
-* ``plain``: bench/plain_loop.py under ``torchrun`` (one launch per case) with the DeepSpeed config llmbench generates for each case
+* ``plain``: bench/plain_loop.py under ``torchrun`` (one launch per block, its
+  cases in turn) with the DeepSpeed config llmbench generates for each case
   (llmbench.measure.dsconfig) and the threads llmbench gives a rank
   (``OMP_NUM_THREADS`` = cores ÷ ranks).
 
@@ -142,19 +143,31 @@ def torchrun(cases: list[dict], world_size: int, work: Path, out: Path) -> float
 
 
 def run_plain(cases: list[dict], work: Path) -> dict:
-    """A torchrun per case, their tokens/s.
-
-    One launch per case, as llmbench gives each case fresh processes: four
-    cases in one launch ran at speeds that depended on the cases before them
-    (the same case 7-12 % faster or slower than in a fresh llmbench process,
-    the same way in all three rounds).
-    """
+    """One torchrun of a block's cases (one world size, in turn), their tokens/s."""
     out = work / "plain.jsonl"
     out.unlink(missing_ok=True)
-    for case in cases:
-        torchrun([case], case["world_size"], work, out)
+    torchrun(cases, cases[0]["world_size"], work, out)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     return {"cases": {x["name"]: {"tokens_per_s": x["tokens_per_s"]} for x in lines}}
+
+
+def save(
+    args: argparse.Namespace, rounds: list[dict], load_before: str, load_after: str = ""
+) -> None:
+    """Everything measured so far, to ``--out``: written after every round, so a
+    launch that fails in round 3 leaves rounds 1 and 2 on disk."""
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "load_before": load_before,
+                "load_after": load_after,
+                "rounds": rounds,
+                "sets": args.sets,
+            },
+            indent=1,
+        )
+    )
 
 
 def spread(values: list[float]) -> str:
@@ -203,6 +216,7 @@ def main() -> None:
                 [first], first["world_size"], work, work / "bare.jsonl"
             )
         rounds.append(measured)
+        save(args, rounds, load_before)
     load_after = uptime()
 
     names = sorted({n for m in rounds for s in systems for n in m[s]["cases"]})
@@ -262,18 +276,7 @@ def main() -> None:
                 f"  llmbench (fork) wall of the same case: {spread(llm)} s; "
                 f"bare torchrun / llmbench = {statistics.median(bare) / statistics.median(llm):.1f}×"
             )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {
-                "load_before": load_before,
-                "load_after": load_after,
-                "rounds": rounds,
-                "sets": args.sets,
-            },
-            indent=1,
-        )
-    )
+    save(args, rounds, load_before, load_after)
     print(f"\nraw figures: {args.out}")
     shutil.rmtree(work, ignore_errors=True)
 

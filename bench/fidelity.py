@@ -3,9 +3,9 @@
 Each round runs every selected system on the same cases, block by block (one
 world size and one dropout setting, four cases): every system runs a block, in
 an order that rotates with round and block, before the next block starts, so
-the two figures of a ratio are measured minutes apart — this machine's speed
-drifts by several per cent over a few minutes, and a ratio of figures taken a
-whole round (15 minutes) apart measured that drift. The systems:
+the two figures of a ratio are measured a few minutes apart rather than up to
+a whole round (15 minutes) apart, when the machine's load may have changed.
+The systems:
 
 * ``fork`` / ``spawn``: ``llmbench run`` with ``run.start_method`` fork / spawn;
 * ``plain``: bench/plain_loop.py under ``torchrun`` (one launch per block, its
@@ -114,9 +114,7 @@ def plain_cases(scenario: Path, sets: list[str]) -> list[dict]:
 
 def blocks(cases: list[dict]) -> list[tuple[list[str], list[dict]]]:
     """The cases in blocks of one world size and one dropout, each with the llmbench
-    overrides that select it: every system runs a block before the next block starts,
-    so the figures a ratio divides were measured minutes apart, not a whole round apart
-    (this machine's speed drifts by several per cent over minutes)."""
+    overrides that select it (see the module docstring for why blocks)."""
     groups: dict[tuple, list[dict]] = {}
     for case in cases:
         groups.setdefault((case["world_size"], str(case["dropout"])), []).append(case)

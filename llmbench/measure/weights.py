@@ -90,10 +90,7 @@ def _large_blocks_mapped() -> Iterator[None]:
     whose memory is capped (:func:`map_large_blocks`) keeps its 1 MiB.
     """
     global _fixed_threshold
-    libc = _glibc()
-    if _fixed_threshold == BUILD_MMAP_THRESHOLD:
-        yield
-        return
+    libc = None if _fixed_threshold == BUILD_MMAP_THRESHOLD else _glibc()
     if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, BUILD_MMAP_THRESHOLD):
         yield
         return

@@ -8,8 +8,10 @@ a whole round (15 minutes) apart, when the machine's load may have changed.
 The systems:
 
 * ``fork`` / ``spawn``: ``llmbench run`` with ``run.start_method`` fork / spawn;
-* ``plain``: bench/plain_loop.py under ``torchrun`` (one launch per block, its
-  cases in turn) with the DeepSpeed config llmbench generates for each case
+* ``plain``: bench/plain_loop.py under ``torchrun``, one launch per case (as
+  llmbench runs each case in a process of its own: several cases in one
+  process measure each case after a different history of allocations and
+  caches), with the DeepSpeed config llmbench generates for each case
   (llmbench.measure.dsconfig) and the threads llmbench gives a rank
   (``OMP_NUM_THREADS`` = cores ÷ ranks).
 
@@ -141,10 +143,11 @@ def torchrun(cases: list[dict], world_size: int, work: Path, out: Path) -> float
 
 
 def run_plain(cases: list[dict], work: Path) -> dict:
-    """One torchrun of a block's cases (one world size, in turn), their tokens/s."""
+    """A block's cases, each in a torchrun of its own, in turn; their tokens/s."""
     out = work / "plain.jsonl"
     out.unlink(missing_ok=True)
-    torchrun(cases, cases[0]["world_size"], work, out)
+    for case in cases:
+        torchrun([case], case["world_size"], work, out)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     return {"cases": {x["name"]: {"tokens_per_s": x["tokens_per_s"]} for x in lines}}
 

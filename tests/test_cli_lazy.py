@@ -39,16 +39,17 @@ def test_plan_does_not_import_the_other_wings_commands():
     assert out.stdout.split() == ["['llmbench.cli.base',", "'llmbench.cli.plan']"]
 
 
-def test_compare_does_not_load_pandas(tmp_path):
-    """compare judges results, not frames: pandas' ~0.2 s import is not its to pay."""
+def test_compare_does_not_load_pandas_or_the_scenario_schema(tmp_path):
+    """compare judges results, not frames or scenarios: pandas' ~0.2 s import and the
+    schema's pydantic (~0.1 s) are not its to pay."""
     golden = sorted(p for p in (Path(__file__).parent / "data" / "runs" / "nightly").iterdir())
     code = (
         "import sys; from llmbench.cli import cli\n"
         f"try: cli(['compare', {str(golden[0])!r}, {str(golden[1])!r}, "
         f"'--markdown', {str(tmp_path / 's.md')!r}], standalone_mode=False)\n"
         "except SystemExit: pass\n"
-        "print('pandas' in sys.modules)"
+        "print([m for m in ('pandas', 'pydantic') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[-1] == "False", out.stdout
+    assert out.stdout.splitlines()[-1] == "[]", out.stdout
     assert (tmp_path / "s.md").read_text().startswith("## llmbench compare")

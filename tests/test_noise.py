@@ -12,6 +12,7 @@ from llmbench.judge.noise import (
     best,
     history_band,
     noise_band,
+    process_spread,
     repeats_band,
     robust_sd,
     step_scatter,
@@ -70,9 +71,25 @@ def test_the_history_decides_once_it_is_long_enough():
 
 def test_step_scatter_is_the_median_process_spread():
     steady, jumpy = [1.0] * 10, [1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0]
-    assert step_scatter([steady]) == 0.0
-    assert step_scatter([steady, jumpy, jumpy]) == pytest.approx(2.0)  # (p90 3 - p10 1) / 1
-    assert step_scatter([[1.0, 2.0]]) is None  # too few steps to tell
+    assert process_spread(steady) == 0.0
+    assert process_spread(jumpy) == pytest.approx(2.0)  # (p90 3 - p10 1) / 1
+    assert process_spread([1.0, 2.0]) is None  # too few steps to tell
+    assert step_scatter(map(process_spread, [steady, jumpy, jumpy])) == pytest.approx(2.0)
+    assert step_scatter([None]) is None
+
+
+def test_a_process_spread_reads_the_recorded_deciles_and_agrees_with_the_steps():
+    import random
+
+    from llmbench.judge.stats import step_stats
+
+    rng = random.Random(1)
+    steps = [rng.uniform(0.1, 0.3) for _ in range(30)]
+    recorded = step_stats(steps)
+    assert process_spread(steps, recorded) == pytest.approx(process_spread(steps), rel=1e-12)
+    assert process_spread([], recorded) == process_spread(steps, recorded)  # steps not read
+    assert process_spread(steps[:2], step_stats(steps[:2])) is None
+    assert process_spread(steps, {"step_time_s_p10": None}) == process_spread(steps)  # computed
 
 
 def test_robust_sd_of_a_normal_sample_is_its_sd():

@@ -71,6 +71,7 @@ from llmbench.judge.noise import (
     Band,
     best,
     noise_band,
+    process_spread,
     step_scatter,
 )
 from llmbench.judge.result import CaseResult
@@ -231,7 +232,9 @@ class _Side:
         return [v for r in self.processes if (v := _number(r.metrics.get(metric))) is not None]
 
     def scatter(self) -> float | None:
-        return step_scatter(r.step_times_s for r in self.processes if r.status == "ok")
+        return step_scatter(
+            process_spread(r.step_times_s, r.metrics) for r in self.processes if r.status == "ok"
+        )
 
     def phase_rows(self) -> list[dict[str, Any]]:
         """What attribution.scattered_phase reads of each process."""

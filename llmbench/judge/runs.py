@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from llmbench.define.schema import CASE_KEYS
 from llmbench.errors import UserError
 from llmbench.judge.result import CaseResult
 from llmbench.judge.store import RunDir
@@ -168,8 +167,16 @@ def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     return runs_frame(read_runs(paths))
 
 
+def _case_keys() -> dict[str, Any]:
+    """The scenario schema's case keys, imported when a frame needs them: the schema
+    brings pydantic (~0.1 s), which ``compare`` and history indexing never use."""
+    from llmbench.define.schema import CASE_KEYS
+
+    return CASE_KEYS
+
+
 def param_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in CASE_KEYS if c in frame.columns]
+    return [c for c in _case_keys() if c in frame.columns]
 
 
 def swept_columns(frame: pd.DataFrame) -> list[str]:
@@ -179,10 +186,11 @@ def swept_columns(frame: pd.DataFrame) -> list[str]:
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Numeric measurement columns, whatever metrics the runs recorded."""
+    case_keys = _case_keys()
     return [
         c
         for c in frame.select_dtypes("number").columns
-        if c not in NON_METRIC and c not in CASE_KEYS
+        if c not in NON_METRIC and c not in case_keys
     ]
 
 

@@ -9,7 +9,14 @@ the two kinds would move independently; if the machine's speed drifts, they
 move together: the script prints each kind's spread (CV over processes) and
 the correlation of consecutive fp32/bf16 pairs.
 
+``--layout fixed`` starts every process with address-space randomisation off
+(``setarch -R``, the ADDR_NO_RANDOMIZE personality), so each process gets the
+same virtual layout; ``--layout both`` alternates random and fixed layouts
+(each kind's processes alternate the two) to see whether the spread follows
+the layout.
+
     python bench/process_drift.py --pairs 8
+    python bench/process_drift.py --pairs 8 --layout both
 """
 
 from __future__ import annotations
@@ -50,33 +57,42 @@ def one_process(bf16: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--layout", choices=["random", "fixed", "both"], default="random")
     parser.add_argument("--child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         one_process(args.child == "bf16")
         return
-    medians: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    layouts = ["random", "fixed"] if args.layout == "both" else [args.layout]
+    medians: dict[tuple[str, str], list[float]] = {}
     env = os.environ | {"TRANSFORMERS_VERBOSITY": "error"}
     for pair in range(args.pairs):
+        layout = layouts[pair % len(layouts)]
+        prefix = ["setarch", "-R"] if layout == "fixed" else []
         for kind in ("fp32", "bf16"):
             done = subprocess.run(
-                [sys.executable, __file__, "--child", kind],
+                [*prefix, sys.executable, __file__, "--child", kind],
                 capture_output=True,
                 text=True,
                 env=env,
                 check=True,
             )
-            medians[kind].append(float(done.stdout.split()[-1]))
+            medians.setdefault((kind, layout), []).append(float(done.stdout.split()[-1]))
         print(
-            f"pair {pair + 1}: fp32 {medians['fp32'][-1]:.4f} s, bf16 {medians['bf16'][-1]:.4f} s "
-            f"(load {os.getloadavg()[0]:.2f})",
+            f"pair {pair + 1} ({layout} layout): fp32 {medians['fp32', layout][-1]:.4f} s, "
+            f"bf16 {medians['bf16', layout][-1]:.4f} s (load {os.getloadavg()[0]:.2f})",
             flush=True,
         )
-    for kind, values in medians.items():
-        cv = statistics.stdev(values) / statistics.mean(values)
-        print(f"{kind}: median step {statistics.median(values):.4f} s, CV over processes {cv:.1%}")
-    r = statistics.correlation(medians["fp32"], medians["bf16"])
-    print(f"correlation of consecutive fp32/bf16 processes: {r:.2f}")
+    for (kind, layout), values in medians.items():
+        cv = statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
+        print(
+            f"{kind}, {layout} layout: median step {statistics.median(values):.4f} s, "
+            f"CV over {len(values)} processes {cv:.1%}"
+        )
+    for layout in layouts:
+        if len(medians["fp32", layout]) > 2:
+            r = statistics.correlation(medians["fp32", layout], medians["bf16", layout])
+            print(f"correlation of consecutive fp32/bf16 processes, {layout} layout: {r:.2f}")
 
 
 if __name__ == "__main__":

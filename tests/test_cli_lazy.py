@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -39,17 +40,34 @@ def test_plan_does_not_import_the_other_wings_commands():
     assert out.stdout.split() == ["['llmbench.cli.base',", "'llmbench.cli.plan']"]
 
 
+HEAVY = ("pandas", "pydantic")
+GOLDEN = sorted(p for p in (Path(__file__).parent / "data" / "runs" / "nightly").iterdir())
+
+
+def _heavy_modules_loaded(argv: list[str]) -> list[str]:
+    """Run an llmbench command in a fresh interpreter; which of HEAVY it imported."""
+    code = (
+        "import sys; from llmbench.cli import cli\n"
+        f"try: cli({argv!r}, standalone_mode=False)\n"
+        "except SystemExit: pass\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return ast.literal_eval(out.stdout.splitlines()[-1])
+
+
 def test_compare_does_not_load_pandas_or_the_scenario_schema(tmp_path):
     """compare judges results, not frames or scenarios: pandas' ~0.2 s import and the
     schema's pydantic (~0.1 s) are not its to pay."""
-    golden = sorted(p for p in (Path(__file__).parent / "data" / "runs" / "nightly").iterdir())
-    code = (
-        "import sys; from llmbench.cli import cli\n"
-        f"try: cli(['compare', {str(golden[0])!r}, {str(golden[1])!r}, "
-        f"'--markdown', {str(tmp_path / 's.md')!r}], standalone_mode=False)\n"
-        "except SystemExit: pass\n"
-        "print([m for m in ('pandas', 'pydantic') if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[-1] == "[]", out.stdout
+    argv = ["compare", str(GOLDEN[0]), str(GOLDEN[1]), "--markdown", str(tmp_path / "s.md")]
+    assert _heavy_modules_loaded(argv) == []
     assert (tmp_path / "s.md").read_text().startswith("## llmbench compare")
+
+
+def test_indexing_a_run_does_not_load_pandas(tmp_path):
+    """A nightly's ``history --index`` shows no table, so it pays for no frame library."""
+    db = tmp_path / "h.sqlite"
+    assert _heavy_modules_loaded(["history", "--history", str(db), "--index", str(GOLDEN[0])]) == []
+    from llmbench.judge.history import History
+
+    assert [r.run_id for r in History(db).runs()] == [GOLDEN[0].name]

@@ -255,9 +255,6 @@ def history_command(
     history_path: Path | None,
 ) -> None:
     """Trends of a metric per case over indexed runs, with change points; index and mark runs."""
-    from llmbench.judge.history import default_metric, trend
-    from llmbench.judge.report.console import runs_table, trend_table
-
     history = _history(history_path)
     for run_id, added in history.index_paths(index_paths):
         console.print(f"indexed {run_id}: {added} new result(s)", highlight=False, markup=False)
@@ -266,10 +263,13 @@ def history_command(
             history.mark(run_id, mark, note)
             console.print(f"{run_id} marked {mark}", highlight=False, markup=False)
     acted = bool(index_paths or mark_good or mark_bad)
+    if acted and not (list_runs or scenario or case or metric or plot):
+        return  # the tables below import pandas (~0.2 s): a nightly's indexing never shows one
+    from llmbench.judge.history import default_metric, trend
+    from llmbench.judge.report.console import runs_table, trend_table
+
     if list_runs:
         console.print(runs_table(history.runs(scenario, fingerprint)))
-        return
-    if acted and not (scenario or case or metric or plot):
         return
     found = trend(history, metric or default_metric(history), scenario, case, fingerprint, last)
     if fmt == "csv":

@@ -71,3 +71,9 @@ def test_indexing_a_run_does_not_load_pandas(tmp_path):
     from llmbench.judge.history import History
 
     assert [r.run_id for r in History(db).runs()] == [GOLDEN[0].name]
+
+
+def test_report_does_not_load_the_scenario_schema():
+    """Parameter columns are told by their section prefix (llmbench/define/sections.py),
+    so a report builds its frame without pydantic's models (~0.1 s)."""
+    assert _heavy_modules_loaded(["report", str(GOLDEN[0])]) == ["pandas"]

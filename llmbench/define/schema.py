@@ -32,6 +32,7 @@ from llmbench.define.models import (
     config_family,
     resolve_dims,
 )
+from llmbench.define.sections import CASE_SECTIONS
 from llmbench.errors import did_you_mean
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -284,7 +285,6 @@ class RunSpec(_Section):
     case for case with an unprofiled baseline, and two modes are A/B'd as two runs."""
 
 
-CASE_SECTIONS = ("model", "training", "deepspeed", "parallel", "comm")
 TOP_LEVEL = ("name", "description", *CASE_SECTIONS, "run", "exclude", "include", "check")
 CHECKS = ("loss_parity",)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from llmbench.define.sections import is_case_key
 from llmbench.errors import UserError
 from llmbench.judge.result import CaseResult
 from llmbench.judge.store import RunDir
@@ -167,16 +168,10 @@ def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     return runs_frame(read_runs(paths))
 
 
-def _case_keys() -> dict[str, Any]:
-    """The scenario schema's case keys, imported when a frame needs them: the schema
-    brings pydantic (~0.1 s), which ``compare`` and history indexing never use."""
-    from llmbench.define.schema import CASE_KEYS
-
-    return CASE_KEYS
-
-
 def param_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in _case_keys() if c in frame.columns]
+    """The case parameters among the frame's columns, in the order results list them
+    (the schema's, for results llmbench wrote)."""
+    return [c for c in frame.columns if is_case_key(c)]
 
 
 def swept_columns(frame: pd.DataFrame) -> list[str]:
@@ -186,11 +181,10 @@ def swept_columns(frame: pd.DataFrame) -> list[str]:
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Numeric measurement columns, whatever metrics the runs recorded."""
-    case_keys = _case_keys()
     return [
         c
         for c in frame.select_dtypes("number").columns
-        if c not in NON_METRIC and c not in case_keys
+        if c not in NON_METRIC and not is_case_key(c)
     ]
 
 

@@ -89,3 +89,16 @@ def test_a_setting_unset_in_some_cases_is_a_dash_not_none_or_nan():
     text = console.export_text()
     assert "configs/gqa" in text and "–" in text
     assert "None" not in text and "nan" not in text
+
+
+def test_a_terminal_cases_table_builds_only_the_rows_it_shows_and_counts_the_rest(frame):
+    from rich.console import Console
+
+    from llmbench.judge.report.console import text_table
+    from llmbench.judge.report.tables import cases_table
+
+    whole, cut = cases_table(frame), cases_table(frame, max_rows=2)
+    assert cut.rows == whole.rows[:2] and cut.total == whole.total == len(whole.rows) > 2
+    console = Console(width=200, record=True)
+    console.print(text_table(cut, max_rows=2))
+    assert f"{len(whole.rows) - 2} more rows" in console.export_text()

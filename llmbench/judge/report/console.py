@@ -120,7 +120,8 @@ def pivot_table(pivot: Pivot, title: str | None = None, max_rows: int = MAX_ROWS
 
 def text_table(source: TextTable, max_rows: int = MAX_ROWS) -> Table:
     """A :class:`TextTable` as a rich Table (cell text is never read as markup)."""
-    caption = _more(min(max_rows, len(source.rows)), len(source.rows)).strip() or None
+    total = len(source.rows) if source.total is None else source.total
+    caption = _more(min(max_rows, total), total).strip() or None
     table = Table(
         title=_title(source.title),
         caption=_title(caption),

@@ -51,7 +51,7 @@ def render(
     failures = failures_table(frame)
     return Group(
         console.pivot_table(pivot, title="Throughput and memory"),
-        console.text_table(cases_table(frame)),
+        console.text_table(cases_table(frame, console.MAX_ROWS)),
         *([console.text_table(failures)] if failures is not None else []),
         console.text_table(environment_table(runs)),
     )

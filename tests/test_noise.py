@@ -102,13 +102,13 @@ def test_step_scatter_deciles_are_numpys_linear_percentiles():
 
     import numpy as np
 
-    from llmbench.judge.noise import _deciles_10_50_90
+    from llmbench.judge.noise import deciles_10_50_90
 
     rng = random.Random(0)
     for n in (3, 4, 10, 31):
         steps = [rng.uniform(0.1, 0.2) for _ in range(n)]
-        assert _deciles_10_50_90(steps) == pytest.approx(
+        assert deciles_10_50_90(steps) == pytest.approx(
             np.percentile(steps, [10, 50, 90]), rel=1e-12
         )
     with_gap = [0.1, None, 0.3, 0.2]
-    assert np.isnan(_deciles_10_50_90(with_gap)).any()  # a missing step: numpy's NaN, as before
+    assert np.isnan(deciles_10_50_90(with_gap)).any()  # a missing step: numpy's NaN, as before

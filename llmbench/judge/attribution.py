@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
+from llmbench.judge.noise import deciles_10_50_90
 
 STEP_METRIC = "step_time_s_median"
 PHASES = ("data", "forward", "backward", "optimizer_step", "other")
@@ -166,9 +167,9 @@ def _spread_s(rows: Sequence[dict[str, Any]], phase: str) -> float | None:
     for r in rows:
         steps = (r.get("phase_times_s") or {}).get(phase) if r.get("status") == "ok" else None
         if steps is not None and len(steps) >= 3:
-            p10, p90 = np.percentile(np.asarray(steps, dtype=float), [10, 90])
-            spreads.append(float(p90 - p10))
-    return float(np.median(spreads)) if spreads else None
+            p10, _, p90 = deciles_10_50_90(steps)
+            spreads.append(p90 - p10)
+    return statistics.median(spreads) if spreads else None
 
 
 def scattered_phase(

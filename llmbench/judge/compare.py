@@ -56,11 +56,10 @@ environments, unless ``--allow-env-mismatch``).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from llmbench.errors import ExitCode, UserError
 from llmbench.judge.attribution import annotate, measured_in_all, scattered_phase
@@ -187,7 +186,7 @@ class Comparison:
 
 def _number(value: Any) -> float | None:
     """A finite number, or None (missing, NaN, text, a flag, a list)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     value = float(value)
     return value if math.isfinite(value) else None

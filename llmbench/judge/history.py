@@ -36,8 +36,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from llmbench.errors import UserError
 from llmbench.judge.noise import HISTORY_RUNS, Band, history_band
 from llmbench.judge.result import CaseResult
@@ -552,6 +550,7 @@ def trend(
     last: int | None = None,
 ) -> Trend:
     """A metric's history per case (each run's best process), bands and change points."""
+    import numpy as np
     import pandas as pd
 
     rows = history.metric_rows(metric, scenario=scenario, case=case, fingerprint=fingerprint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,18 @@ def test_report_does_not_load_the_scenario_schema():
     """Parameter columns are told by their section prefix (llmbench/define/sections.py),
     so a report builds its frame without pydantic's models (~0.1 s)."""
     assert _heavy_modules_loaded(["report", str(GOLDEN[0])]) == ["numpy", "pandas"]
+
+
+def test_a_judge_command_leaves_without_teardown_but_with_all_its_output(tmp_path):
+    """``main`` ends a judge command with os._exit (nothing freed one by one): the exit
+    code, the whole terminal output and the files are those of the command group's run."""
+    argv = ["compare", str(GOLDEN[0]), str(GOLDEN[1]), "--json", str(tmp_path / "v.json")]
+    in_process = CliRunner().invoke(cli, argv, env={"COLUMNS": "160"})
+    (tmp_path / "v.json").rename(tmp_path / "in_process.json")
+    env = {**os.environ, "COLUMNS": "160"}
+    out = subprocess.run(
+        [sys.executable, "-m", "llmbench", *argv], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == in_process.exit_code
+    assert out.stdout == in_process.output and out.stdout.count("\n") > 10
+    assert (tmp_path / "v.json").read_text() == (tmp_path / "in_process.json").read_text()

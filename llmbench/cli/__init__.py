@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import click
 
@@ -54,4 +55,14 @@ cli = LazyGroup(
 
 def main() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    cli(prog_name="llmbench")
+    base.retained = []
+    try:
+        cli(prog_name="llmbench")
+    except SystemExit as done:
+        if not base.retained or not isinstance(done.code, int | None):
+            raise
+        # A judge command kept what it read (base.retain_until_exit); its output is
+        # written and its files closed: leave without freeing it all one by one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code or 0)

@@ -12,7 +12,14 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from llmbench.cli.base import cli, console, err_console, split_list, user_errors
+from llmbench.cli.base import (
+    cli,
+    console,
+    err_console,
+    retain_until_exit,
+    split_list,
+    user_errors,
+)
 
 
 def _history_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,6 +126,7 @@ def report(
 
     history = _history(history_path)
     loaded = [resolve_run(ref, history) for ref in runs]
+    retain_until_exit(loaded)
     rendered = render(loaded, fmt, split_list(rows), split_list(cols), reference, breakdown)
     if isinstance(rendered, str):
         if output is not None:
@@ -194,7 +202,9 @@ def compare(
     options = CompareOptions(
         baseline, threshold_options, thresholds_file, metrics, allow_env_mismatch, allow_missing
     )
-    comparison, _ = judge(options, resolve_run(current, history), history)
+    current_run = resolve_run(current, history)
+    comparison, baseline_run = judge(options, current_run, history)
+    retain_until_exit(current_run, baseline_run, comparison)
     write_outputs(comparison, markdown_path, junit_path, json_path)
     console.print(terminal(comparison))
     sys.exit(comparison.exit_code)

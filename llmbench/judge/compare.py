@@ -307,14 +307,20 @@ def compared_metrics(
 
 
 def _metric_verdict(
-    base: _Side, cur: _Side, metric: str, threshold: Threshold, history: Sequence[float]
+    base: _Side,
+    cur: _Side,
+    metric: str,
+    threshold: tuple[Threshold, str],
+    history: Sequence[float],
 ) -> Verdict | None:
+    """``threshold``: the metric's and its text (formatted once per metric, not per case)."""
+    threshold, threshold_text = threshold
     case = cur.case
     base_values, cur_values = base.values(metric), cur.values(metric)
     b = best(base_values, threshold.worse) if base_values else None
     c = best(cur_values, threshold.worse) if cur_values else None
     verdict = Verdict(case.case_id, case.label, metric, "unchanged", b, c)
-    verdict.threshold = threshold.text()
+    verdict.threshold = threshold_text
     if b is None and c is None:
         return None
     if b is None or c is None:
@@ -389,6 +395,9 @@ def compare_runs(
     names = compared_metrics(
         [measured_metrics(baseline), measured_metrics(current)], thresholds, metrics
     )
+    judged_metrics = {
+        m: (t, t.text()) for m in names if (t := thresholds.for_metric(m)) is not None
+    }
     base_sides, cur_sides = _sides(baseline), _sides(current)
     past = [r for r in history if r.run_id != current.run_id][-HISTORY_RUNS:]
     past_values = history_values(past, thresholds, names)
@@ -433,10 +442,7 @@ def compare_runs(
             continue
         if flag := _scatter_flag(base, cur):
             comparison.disturbed.append(flag)
-        for metric in names:
-            threshold = thresholds.for_metric(metric)
-            if threshold is None:
-                continue
+        for metric, threshold in judged_metrics.items():
             judged = _metric_verdict(
                 base, cur, metric, threshold, past_values.get((case_id, metric), [])
             )

@@ -106,11 +106,16 @@ class CaseResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The result a JSON object holds; keys of a newer schema are left out."""
+        if data.keys() <= _FIELDS:
+            return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
     def set_metric(self, name: str, value: Any, reason: str | None = None) -> None:
         """Record a figure, or its absence with the reason."""
         self.metrics[name] = value
         if value is None and reason:
             self.null_reasons[name] = reason
+
+
+_FIELDS = frozenset(CaseResult.__dataclass_fields__)

@@ -9,14 +9,15 @@ the two kinds would move independently; if the machine's speed drifts, they
 move together: the script prints each kind's spread (CV over processes) and
 the correlation of consecutive fp32/bf16 pairs.
 
-``--layout fixed`` starts every process with address-space randomisation off
-(``setarch -R``, the ADDR_NO_RANDOMIZE personality), so each process gets the
-same virtual layout; ``--layout both`` alternates random and fixed layouts
-(each kind's processes alternate the two) to see whether the spread follows
-the layout.
+``--variants`` starts the processes in several ways, interleaved pair by
+pair, to see whether the spread follows how a process is laid out in memory:
+``random`` (as any process starts), ``fixed`` (address-space randomisation
+off: ``setarch -R``, the ADDR_NO_RANDOMIZE personality, so every process gets
+the same virtual layout) and ``thp`` (torch's ``THP_MEM_ALLOC_ENABLE=1``: its
+CPU allocations of 2 MB and up aligned and advised onto transparent huge pages).
 
     python bench/process_drift.py --pairs 8
-    python bench/process_drift.py --pairs 8 --layout both
+    python bench/process_drift.py --pairs 24 --variants random,fixed,thp
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ import sys
 import time
 
 STEPS, WARMUP = 20, 3
+VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "random": ([], {}),
+    "fixed": (["setarch", "-R"], {}),
+    "thp": ([], {"THP_MEM_ALLOC_ENABLE": "1"}),
+}
+"""How a child process is started: a command prefix and extra environment."""
 
 
 def one_process(bf16: bool) -> None:
@@ -57,18 +64,18 @@ def one_process(bf16: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--layout", choices=["random", "fixed", "both"], default="random")
+    parser.add_argument("--variants", default="random", help="of random, fixed, thp")
     parser.add_argument("--child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         one_process(args.child == "bf16")
         return
-    layouts = ["random", "fixed"] if args.layout == "both" else [args.layout]
+    variants = args.variants.split(",")
     medians: dict[tuple[str, str], list[float]] = {}
-    env = os.environ | {"TRANSFORMERS_VERBOSITY": "error"}
     for pair in range(args.pairs):
-        layout = layouts[pair % len(layouts)]
-        prefix = ["setarch", "-R"] if layout == "fixed" else []
+        variant = variants[pair % len(variants)]
+        prefix, extra = VARIANTS[variant]
+        env = os.environ | {"TRANSFORMERS_VERBOSITY": "error"} | extra
         for kind in ("fp32", "bf16"):
             done = subprocess.run(
                 [*prefix, sys.executable, __file__, "--child", kind],
@@ -77,22 +84,22 @@ def main() -> None:
                 env=env,
                 check=True,
             )
-            medians.setdefault((kind, layout), []).append(float(done.stdout.split()[-1]))
+            medians.setdefault((kind, variant), []).append(float(done.stdout.split()[-1]))
         print(
-            f"pair {pair + 1} ({layout} layout): fp32 {medians['fp32', layout][-1]:.4f} s, "
-            f"bf16 {medians['bf16', layout][-1]:.4f} s (load {os.getloadavg()[0]:.2f})",
+            f"pair {pair + 1} ({variant}): fp32 {medians['fp32', variant][-1]:.4f} s, "
+            f"bf16 {medians['bf16', variant][-1]:.4f} s (load {os.getloadavg()[0]:.2f})",
             flush=True,
         )
-    for (kind, layout), values in medians.items():
+    for (kind, variant), values in sorted(medians.items()):
         cv = statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
         print(
-            f"{kind}, {layout} layout: median step {statistics.median(values):.4f} s, "
+            f"{kind}, {variant}: median step {statistics.median(values):.4f} s, "
             f"CV over {len(values)} processes {cv:.1%}"
         )
-    for layout in layouts:
-        if len(medians["fp32", layout]) > 2:
-            r = statistics.correlation(medians["fp32", layout], medians["bf16", layout])
-            print(f"correlation of consecutive fp32/bf16 processes, {layout} layout: {r:.2f}")
+    for variant in variants:
+        if len(medians["fp32", variant]) > 2:
+            r = statistics.correlation(medians["fp32", variant], medians["bf16", variant])
+            print(f"correlation of consecutive fp32/bf16 processes, {variant}: {r:.2f}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,15 @@ def schedule(unchanged: int, slowed: int, warm: int) -> list[str]:
     return order + ["unchanged"] * left
 
 
-def collect(out: Path, unchanged: int, slowed: int, warm: int) -> None:
+def collect(
+    out: Path,
+    unchanged: int,
+    slowed: int,
+    warm: int,
+    sets: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """Run the schedule; ``sets`` (llmbench overrides) and ``extra_env`` apply to every run."""
     out.mkdir(parents=True, exist_ok=True)
     plan = out / "plan.jsonl"
     done = len(plan.read_text().splitlines()) if plan.exists() else 0
@@ -84,9 +93,10 @@ def collect(out: Path, unchanged: int, slowed: int, warm: int) -> None:
         runs_root = out / "runs"
         before = set(runs_root.iterdir()) if runs_root.exists() else set()
         started = time.monotonic()
+        shared = {**SHARED, **(extra_env or {})}
         proc = subprocess.run(
-            [*LLMBENCH_RUN, str(SCENARIO), *overrides, "--output-dir", str(out / "runs")],
-            env={**os.environ, **SHARED, **env},
+            [*LLMBENCH_RUN, str(SCENARIO), *sets, *overrides, "--output-dir", str(out / "runs")],
+            env={**os.environ, **shared, **env},
             capture_output=True,
             text=True,
         )
@@ -97,7 +107,8 @@ def collect(out: Path, unchanged: int, slowed: int, warm: int) -> None:
             "kind": kind,
             "run_dir": str(new[0]) if len(new) == 1 else None,
             "exit_code": proc.returncode,
-            "env": {**SHARED, **env},
+            "env": {**shared, **env},
+            "sets": [*sets, *overrides],
             "wall_s": round(wall, 1),
             "load_before": load_before,
             "load_after": os.getloadavg(),
@@ -125,7 +136,10 @@ def _trimmed(run: Run, repeats: int | None) -> Run:
     return replace(run, results=[r for r in run.results if r.repeat < repeats])
 
 
-def evaluate(out: Path) -> dict[str, Any]:
+def evaluate(out: Path, fewer: Sequence[int] = ()) -> dict[str, Any]:
+    """Judge the collected runs in every mode of MODES, plus "N repeats+history" for
+    each N in ``fewer`` (the runs as if made with their first N repeats only)."""
+    modes = {**MODES, **{f"{n} repeats+history": (n, True) for n in fewer}}
     # imported here: ``collect`` only drives ``llmbench run`` and may use another checkout
     from llmbench.judge.compare import compare_runs
     from llmbench.judge.report.verdicts import band_text
@@ -139,7 +153,7 @@ def evaluate(out: Path) -> dict[str, Any]:
         if e["run_dir"]
     }
     rows = []
-    for mode, (repeats, use_history) in MODES.items():
+    for mode, (repeats, use_history) in modes.items():
         earlier: list[Run] = []
         for entry in entries:
             run = runs.get(entry["run_dir"])
@@ -168,7 +182,7 @@ def evaluate(out: Path) -> dict[str, Any]:
             if entry["kind"] == "unchanged":
                 earlier.append(run)
     summary: dict[str, Any] = {}
-    for mode in MODES:
+    for mode in modes:
         mine = [r for r in rows if r["mode"] == mode]
         unchanged = [r for r in mine if r["kind"] == "unchanged"]
         summary[mode] = {
@@ -211,14 +225,39 @@ def main() -> None:
     c.add_argument("--unchanged", type=int, default=22, help="unchanged runs [22: 21 comparisons]")
     c.add_argument("--slowed", type=int, default=3, help="runs of each slowdown kind [3]")
     c.add_argument("--warm", type=int, default=5, help="unchanged runs before the first slowed one")
+    c.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="llmbench override for every run, e.g. run.repeats=5 (repeatable)",
+    )
+    c.add_argument(
+        "--env",
+        dest="envs",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for every run (repeatable)",
+    )
     e = sub.add_parser("evaluate", help="judge the collected runs with llmbench's compare")
     e.add_argument("out", type=Path)
     e.add_argument("--json", type=Path, help="also write rows and totals here")
+    e.add_argument(
+        "--fewer",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also judge the runs as if made with only their first N repeats (repeatable)",
+    )
     args = parser.parse_args()
     if args.command == "collect":
-        collect(args.out, args.unchanged, args.slowed, args.warm)
+        extra_env = dict(item.split("=", 1) for item in args.envs)
+        collect(args.out, args.unchanged, args.slowed, args.warm, args.sets, extra_env)
     else:
-        result = evaluate(args.out)
+        result = evaluate(args.out, args.fewer)
         _print(result)
         if args.json:
             args.json.write_text(json.dumps(result, indent=1) + "\n")

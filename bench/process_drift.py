@@ -91,10 +91,13 @@ def main() -> None:
             flush=True,
         )
     for (kind, variant), values in sorted(medians.items()):
+        centre = statistics.median(values)
         cv = statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
+        robust = 1.4826 * statistics.median(abs(v - centre) for v in values) / centre
         print(
-            f"{kind}, {variant}: median step {statistics.median(values):.4f} s, "
-            f"CV over {len(values)} processes {cv:.1%}"
+            f"{kind}, {variant}: median step {centre:.4f} s, over {len(values)} processes "
+            f"CV {cv:.1%}, robust CV {robust:.1%} (1.4826 × MAD / median: one stalled "
+            f"process does not decide it)"
         )
     for variant in variants:
         if len(medians["fp32", variant]) > 2:

@@ -75,7 +75,9 @@ def test_phases_add_up_to_the_step_on_zero_0_to_3(breakdown):
             # with "other" the phases are the step exactly; nothing is dropped
             assert sum(phases[p][i] for p in (*named, "other")) == pytest.approx(step, rel=1e-9)
         covered = sum(sum(phases[p]) for p in named) / sum(steps)
-        assert 0.95 <= covered <= 1.0 + 1e-9, (r["label"], r["params"], covered)
+        # "other" is the Python between DeepSpeed's timers: under 5 % of these steps in
+        # earlier CI runs, 6.2 % once (gpt2-tiny ZeRO-1, one rank) in a clean-clone CI run
+        assert 0.90 <= covered <= 1.0 + 1e-9, (r["label"], r["params"], covered)
         assert r["metrics"]["phase_share_other"] == pytest.approx(1 - covered)
         # the reduction parts lie inside backward
         for i in range(len(steps)):

@@ -5,6 +5,10 @@ Rerunnable benchmark (not a unit test; it takes tens of minutes):
     DS_ACCELERATOR=cpu python bench/gate_quality.py collect reports/gate
     python bench/gate_quality.py evaluate reports/gate
 
+What more repeats buy: collect with ``--set run.repeats=8`` (``--set`` and
+``--env`` apply to every run), then ``evaluate --fewer 3 --fewer 5`` judges the
+same runs as if made with only their first 3 and 5 repeats as well.
+
 ``collect`` runs ``bench/gate.yaml`` back to back, one ``llmbench run`` after
 another, unchanged code every time except for two kinds of deliberate
 slowdown interleaved among the unchanged runs (so both see the same load):

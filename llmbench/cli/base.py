@@ -27,7 +27,7 @@ def retain_until_exit(*objects: object) -> None:
 
     ``main`` then ends the process without tearing the interpreter down, so
     the ~2.5 million objects of two 10k-result runs are never freed one by
-    one (~0.1 s, after the output was written). Outside ``main`` (tests
+    one (~0.08 s of CPU, after the output was written). Outside ``main`` (tests
     calling the command group) nothing is kept.
     """
     if retained is not None:

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from llmbench.cli import base
 from llmbench.cli.base import (
     cli,
     console,
@@ -46,7 +47,6 @@ def _without_cyclic_gc(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from llmbench.cli import base
         from llmbench.judge.store import gc_paused
 
         if base.retained is not None:

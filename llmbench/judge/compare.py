@@ -310,11 +310,11 @@ def _metric_verdict(
     base: _Side,
     cur: _Side,
     metric: str,
-    threshold: tuple[Threshold, str],
+    threshold: Threshold,
+    threshold_text: str,
     history: Sequence[float],
 ) -> Verdict | None:
-    """``threshold``: the metric's and its text (formatted once per metric, not per case)."""
-    threshold, threshold_text = threshold
+    """``threshold_text``: ``threshold.text()``, formatted once per metric, not per case."""
     case = cur.case
     base_values, cur_values = base.values(metric), cur.values(metric)
     b = best(base_values, threshold.worse) if base_values else None
@@ -395,9 +395,8 @@ def compare_runs(
     names = compared_metrics(
         [measured_metrics(baseline), measured_metrics(current)], thresholds, metrics
     )
-    judged_metrics = {
-        m: (t, t.text()) for m in names if (t := thresholds.for_metric(m)) is not None
-    }
+    judged_metrics = {m: t for m in names if (t := thresholds.for_metric(m)) is not None}
+    threshold_texts = {m: t.text() for m, t in judged_metrics.items()}
     base_sides, cur_sides = _sides(baseline), _sides(current)
     past = [r for r in history if r.run_id != current.run_id][-HISTORY_RUNS:]
     past_values = history_values(past, thresholds, names)
@@ -444,7 +443,12 @@ def compare_runs(
             comparison.disturbed.append(flag)
         for metric, threshold in judged_metrics.items():
             judged = _metric_verdict(
-                base, cur, metric, threshold, past_values.get((case_id, metric), [])
+                base,
+                cur,
+                metric,
+                threshold,
+                threshold_texts[metric],
+                past_values.get((case_id, metric), []),
             )
             if judged is not None:
                 judged.allowed = thresholds.missing_allowed(case_id, case.label, metric)

@@ -96,7 +96,7 @@ def cases_table(frame: pd.DataFrame, max_rows: int | None = None) -> TextTable:
     needed = ["run_id", "status", *settings, "step_time_s_p10", "step_time_s_p90", memory]
     needed += ["tokens_per_s", "step_time_s_median", *extra_memory, "repeats"]
     shown = cases[[c for c in dict.fromkeys(needed) if c in cases.columns]]
-    for row in shown.head(max_rows).to_dict("records") if max_rows else shown.to_dict("records"):
+    for row in shown.iloc[:max_rows].to_dict("records"):
         ok = row["status"] == "ok"
         spread = (
             f"{units.seconds(row.get('step_time_s_p10'))}–{units.seconds(row.get('step_time_s_p90'))}"

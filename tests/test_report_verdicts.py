@@ -87,7 +87,7 @@ def test_warnings_reach_every_rendering():
         console.export_text(),
         verdicts.summary_markdown(comparison),
         verdicts.junit_xml(comparison),
-        verdicts.to_json(comparison),
+        verdicts.to_json(comparison).decode(),
         verdicts.html_section(comparison),
     ):
         assert "test-only slowdown hook" in text and "step scatter" in text

@@ -128,16 +128,20 @@ def _percent(rel: float) -> str:
 
 def attribute(comparison: Comparison) -> list[Attribution]:
     """One attribution per case whose step time regressed or improved and whose phases were judged."""
+    moved_steps = {
+        v.case_id
+        for v in comparison.verdicts
+        if v.metric == STEP_METRIC
+        and v.verdict in ("regression", "improvement")
+        and v.change_rel is not None
+    }
     by_case: dict[str, dict[str, Verdict]] = {}
-    for v in comparison.verdicts:
-        by_case.setdefault(v.case_id, {})[v.metric] = v
+    for v in comparison.verdicts:  # only the cases whose step time moved (few, of 10k)
+        if v.case_id in moved_steps:
+            by_case.setdefault(v.case_id, {})[v.metric] = v
     found = []
     for case_id, verdicts in by_case.items():
-        step = verdicts.get(STEP_METRIC)
-        if step is None or step.verdict not in ("regression", "improvement"):
-            continue
-        if step.change_rel is None:
-            continue
+        step = verdicts[STEP_METRIC]
         moved = []
         for phase in PHASES:
             v = verdicts.get(phase_metric(phase))

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmbench.errors import ExitCode, UserError
-from llmbench.judge.attribution import annotate, measured_in_all, scattered_phase
+from llmbench.judge.attribution import Attribution, annotate, measured_in_all, scattered_phase
 from llmbench.judge.fingerprint import env_differences, test_hook_warning
 from llmbench.judge.noise import (
     HISTORY_RUNS,
@@ -134,6 +134,8 @@ class Comparison:
     """Facts every output must carry, e.g. a test-only hook active in one of the runs."""
     note: str = ""
     """Why nothing was compared (no baseline), when that is the case."""
+    attributions: list[Attribution] = field(default_factory=list)
+    """The phases behind each step-time regression or improvement of a profiled case."""
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(VERDICTS, 0)
@@ -185,10 +187,15 @@ class Comparison:
 
 
 def _number(value: Any) -> float | None:
-    """A finite number, or None (missing, NaN, text, a flag, a list)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    value = float(value)
+    """A finite number, or None (missing, NaN, text, a flag, a list).
+
+    A float, what results hold, is told by its exact type first: the ABC check
+    behind ``numbers.Real`` cost ~0.03 s of a 10k-case ``compare`` (60k calls).
+    """
+    if type(value) is not float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return None
+        value = float(value)
     return value if math.isfinite(value) else None
 
 
@@ -260,12 +267,16 @@ def _severity(result: CaseResult) -> int:
 
 
 def measured_metrics(run: Run) -> set[str]:
-    """The metrics some result of the run has a value for (NaN is no value)."""
+    """The metrics some result of the run has a value for (NaN is no value).
+
+    Names first (a set union of the metrics' keys, in C), then each name until its
+    first value: usually the first result, so ~30 checks instead of one per figure.
+    """
+    names: set[str] = set().union(*(r.metrics for r in run.results))
     return {
         name
-        for r in run.results
-        for name, value in r.metrics.items()
-        if value is not None and value == value
+        for name in names
+        if any((v := r.metrics.get(name)) is not None and v == v for r in run.results)
     }
 
 
@@ -456,7 +467,7 @@ def compare_runs(
     for case_id, base in base_sides.items():
         if case_id not in cur_sides:
             comparison.verdicts.append(_missing_verdict(case_id, base.case, thresholds))
-    annotate(comparison)  # a step-time change of a profiled case names its phases
+    comparison.attributions = annotate(comparison)  # and each such verdict names its phases
     return comparison
 
 

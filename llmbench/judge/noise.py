@@ -109,6 +109,9 @@ def noise_band(
     return history_band(history) or repeats_band(baseline, current, worse)
 
 
+_RECORDED_DECILES = ("step_time_s_p10", "step_time_s_median", "step_time_s_p90", "step_time_s_n")
+
+
 def process_spread(
     steps: Sequence[float], metrics: Mapping[str, Any] | None = None
 ) -> float | None:
@@ -119,7 +122,7 @@ def process_spread(
     reading them is what lets ``compare`` on 10k cases skip 20k quantile
     computations. Results without them (older, or ingested) get them computed.
     """
-    recorded = [(metrics or {}).get(f"step_time_s_{k}") for k in ("p10", "median", "p90", "n")]
+    recorded = [(metrics or {}).get(k) for k in _RECORDED_DECILES]
     if all(isinstance(v, (int, float)) for v in recorded):
         p10, p50, p90, n = recorded
     elif len(steps) >= 3:

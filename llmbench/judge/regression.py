@@ -121,7 +121,8 @@ def write_outputs(
     ):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(render(comparison))
+            text = render(comparison)
+            path.write_bytes(text if isinstance(text, bytes) else text.encode())
 
 
 def index_finished_run(run_dir: RunDir, console: Console) -> History | None:

@@ -102,9 +102,17 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
 
 
 def _param_value(value: Any) -> Any:
-    """A parameter as one cell: mappings and lists (``deepspeed.config``) as their JSON text."""
+    """A parameter as one cell: mappings and lists (``deepspeed.config``) as their JSON text.
+
+    An empty one, what nearly every case holds, is spelled without the encoder
+    (the same text; 10k calls of ``json.dumps({})`` took ~35 ms of a report).
+    """
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
+        return (
+            ("{}" if isinstance(value, dict) else "[]")
+            if not value
+            else json.dumps(value, sort_keys=True)
+        )
     return value
 
 
@@ -175,8 +183,19 @@ def param_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def swept_columns(frame: pd.DataFrame) -> list[str]:
-    """Parameters that take more than one value across the frame, in schema order."""
-    return [c for c in param_columns(frame) if frame[c].astype(str).nunique(dropna=False) > 1]
+    """Parameters that take more than one value across the frame, in schema order.
+
+    A mixed column (object: numbers with None) is compared as text, so 1 and 1.0
+    or None and NaN count as the values they print as; a typed one (numbers,
+    strings) as it is: its text is the same partition, and copying 39 columns of
+    10k values into text took ~20 ms of a report.
+    """
+    return [
+        c
+        for c in param_columns(frame)
+        if (frame[c] if frame[c].dtype != object else frame[c].astype(str)).nunique(dropna=False)
+        > 1
+    ]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

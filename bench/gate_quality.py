@@ -3,11 +3,12 @@
 Rerunnable benchmark (not a unit test; it takes tens of minutes):
 
     DS_ACCELERATOR=cpu python bench/gate_quality.py collect reports/gate
-    python bench/gate_quality.py evaluate reports/gate
+    python bench/gate_quality.py evaluate reports/gate --fewer 3 --fewer 5
 
-What more repeats buy: collect with ``--set run.repeats=8`` (``--set`` and
-``--env`` apply to every run), then ``evaluate --fewer 3 --fewer 5`` judges the
-same runs as if made with only their first 3 and 5 repeats as well.
+What repeats buy: ``bench/gate.yaml`` runs 8, and ``evaluate --fewer 3 --fewer 5``
+judges the same runs as if made with only their first 3 and 5 repeats as well.
+``--set KEY=VALUE`` and ``--env NAME=VALUE`` on ``collect`` apply to every run
+(e.g. ``--set run.start_method=spawn``).
 
 ``collect`` runs ``bench/gate.yaml`` back to back, one ``llmbench run`` after
 another, unchanged code every time except for two kinds of deliberate

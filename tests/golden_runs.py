@@ -24,6 +24,11 @@ timeline.csv files); each scenario.yaml records the settings the run used.
   gate figures — unchanged code, with three runs on one core instead of two
   (``run.threads_per_rank=1``) and three slowed 10 % by the test-only hook
   (``LLMBENCH_TEST_SLOWDOWN=0.1``, recorded in their env.json), interleaved.
+* ``gate8/``: README's set Q3, all 28 runs: ``bench/gate.yaml`` (GPT-2 mini,
+  ZeRO-2 bf16, 1 rank, 8 repeats × 15 steps of ~0.27 s) by
+  ``bench/gate_quality.py collect`` on the quiet 2-core machine (1-minute load
+  1.0-1.8), ``OMP_WAIT_POLICY=PASSIVE``: 22 unchanged runs, three on one core
+  and three slowed 10 % by the test-only hook, interleaved as in ``gate/``.
 * ``profile/``: ``run.profile=breakdown`` over tiny GPT-2 (seq 32, micro-batch
   2, 6 steps, bf16), ZeRO 0/2/3 × 1-2 ranks plus a 2-stage pipeline case
   (ok, phases null with DeepSpeed's reason), under a 1-minute load of ~13.

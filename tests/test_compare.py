@@ -269,6 +269,7 @@ def test_unknown_run_is_a_usage_error(cli_runner, tmp_path):
 # tests/data/runs/gate: back-to-back runs of bench/gate.yaml on this shared 2-core
 # machine (tests/golden_runs.py says how), judged as `run --compare-to latest` does.
 
+
 def _kind(path: Path) -> str:
     """What a golden gate run is, from its own files (nothing kept on the side)."""
     if json.loads((path / "env.json").read_text()).get("test_slowdown"):

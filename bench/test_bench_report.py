@@ -2,9 +2,11 @@
 
 The inputs are real results — the golden nightly runs of tests/data/runs —
 repeated under distinct case ids until each run holds 10,000: every figure in
-them was measured, only the number of cases is scaled. Two whole commands
-(``llmbench report`` and ``llmbench compare`` in a fresh process, imports
-included) are timed as well, since that is what a user or a CI job waits for.
+them was measured, only the number of cases is scaled. Each run gets its
+digest as a sweep writes it when it ends (judge/digest.py); ``compare`` is also
+timed without it. The whole commands (``llmbench report``, ``compare``,
+``history --index`` in a fresh process, imports included) are timed as well,
+since that is what a user or a CI job waits for.
 
     pytest bench/test_bench_report.py --benchmark-only --benchmark-json=reports/bench.json
 """
@@ -22,9 +24,11 @@ import pytest
 from rich.console import Console
 
 from llmbench.judge.compare import compare_runs
+from llmbench.judge.digest import DIGEST, write_digest
 from llmbench.judge.history import History, trend
 from llmbench.judge.report.render import render
 from llmbench.judge.runs import read_run, runs_frame
+from llmbench.judge.store import RunDir
 
 CASES = 10_000
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "runs" / "nightly"
@@ -46,6 +50,7 @@ def _scaled(source: Path, root: Path) -> Path:
                     )
                     + "\n"
                 )
+    assert write_digest(RunDir(target))
     return target
 
 
@@ -60,6 +65,12 @@ def test_read_10k(benchmark, scaled):
     """The floor under every command: 10,000 result lines (42 MB) parsed and validated."""
     run = benchmark(read_run, scaled[1])
     assert len(run.results) == CASES
+
+
+def test_read_digest_10k(benchmark, scaled):
+    """What ``compare`` reads of a run that has its digest."""
+    run = benchmark(read_run, scaled[1], judged_only=True)
+    assert len(run.results) == CASES and not run.results[0].params
 
 
 def test_load_10k(benchmark, scaled):
@@ -141,7 +152,16 @@ def test_whole_command_report_10k(benchmark, scaled, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-def test_whole_command_compare_10k(benchmark, scaled, tmp_path):
-    args = ["compare", str(scaled[0]), str(scaled[1]), "--json", str(tmp_path / "v.json")]
+@pytest.mark.parametrize("digest", [True, False], ids=["digest", "no-digest"])
+def test_whole_command_compare_10k(benchmark, scaled, tmp_path, digest):
+    """Two run directories, no history (``--history`` names an empty place: a history
+    beside the working directory would add its runs' noise bands)."""
+    runs = scaled
+    if not digest:
+        runs = tuple(Path(shutil.copytree(p, tmp_path / p.name)) for p in scaled)
+        for path in runs:
+            (path / DIGEST).unlink()
+    args = ["compare", *map(str, runs), "--json", str(tmp_path / "v.json")]
+    args += ["--history", str(tmp_path / "none.sqlite")]
     done = benchmark.pedantic(_command, (args,), rounds=3, iterations=1)
     assert done.returncode in (0, 1), done.stderr

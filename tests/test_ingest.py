@@ -13,8 +13,10 @@ import pytest
 
 from llmbench.cli import cli
 from llmbench.errors import UserError
+from llmbench.judge.digest import read_digest
 from llmbench.judge.history import History, default_metric, trend
 from llmbench.judge.ingest import SCENARIO, ingest
+from llmbench.judge.store import RunDir
 
 BENCH = sorted((Path(__file__).parent / "data" / "bench").glob("*.json"))
 
@@ -32,6 +34,8 @@ def test_each_benchmark_becomes_a_case(tmp_path):
         assert result.metrics["step_time_s_min"] == pytest.approx(stats["min"])
         assert result.metrics["ops_per_s"] == stats["ops"]
     assert run.env["cpu_model"] and run.env["fingerprint"]
+    digest = read_digest(RunDir(run.path))  # written before the directory was renamed into place
+    assert [(r.case_id, r.metrics) for r in digest] == [(r.case_id, r.metrics) for r in run.results]
 
 
 def test_ingesting_twice_changes_nothing(tmp_path):

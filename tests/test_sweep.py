@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from llmbench.judge.digest import read_digest
+from llmbench.judge.store import RunDir
 from tests.conftest import ROOT, interruptible, read_results, run_dirs, run_llmbench
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ds_ops")]
@@ -128,12 +130,17 @@ def test_resume_runs_only_missing_cases(write_scenario, tmp_path):
     out = run_llmbench(["run", str(path), "--output-dir", str(tmp_path / "runs")])
     assert out.returncode == 0, out.stderr
     (run_dir,) = run_dirs(tmp_path / "runs")
+    assert [r.case_id for r in read_digest(RunDir(run_dir))] == [  # written as the sweep ended
+        r["case_id"] for r in read_results(run_dir)
+    ]
     lines = (run_dir / "results.jsonl").read_text().splitlines()
     (run_dir / "results.jsonl").write_text(lines[0] + "\n")  # as if the run stopped after one case
+    assert read_digest(RunDir(run_dir)) is None  # the results file changed: the digest is stale
     out = run_llmbench(["run", str(path), "--resume", str(run_dir)])
     assert out.returncode == 0, out.stderr
     assert "1 of 2 case runs to do" in out.stdout
     results = read_results(run_dir)
+    assert len(read_digest(RunDir(run_dir))) == 2  # the resumed sweep wrote it again
     assert [r["case_id"] for r in results[:1]] == [json.loads(lines[0])["case_id"]]
     assert sorted(r["case_id"] for r in results) == sorted(
         json.loads(line)["case_id"] for line in lines

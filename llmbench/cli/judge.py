@@ -210,8 +210,8 @@ def compare(
     options = CompareOptions(
         baseline, threshold_options, thresholds_file, metrics, allow_env_mismatch, allow_missing
     )
-    current_run = resolve_run(current, history)
-    comparison, baseline_run = judge(options, current_run, history)
+    current_run = resolve_run(current, history, judged_only=True)
+    comparison, baseline_run = judge(options, current_run, history, judged_only=True)
     retain_until_exit(current_run, baseline_run, comparison)
     write_outputs(comparison, markdown_path, junit_path, json_path)
     console.print(terminal(comparison))

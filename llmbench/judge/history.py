@@ -40,7 +40,7 @@ from llmbench.errors import UserError
 from llmbench.judge.noise import HISTORY_RUNS, Band, history_band
 from llmbench.judge.result import CaseResult
 from llmbench.judge.runs import FAILED_STATUSES, Run, read_run
-from llmbench.judge.store import RESULTS
+from llmbench.judge.store import RESULTS, gc_paused, loads
 from llmbench.judge.thresholds import default_threshold
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: compare never builds one
@@ -359,7 +359,8 @@ class History:
             records = db.execute(
                 "SELECT record FROM results WHERE run_id = ? ORDER BY rowid", (run_id,)
             ).fetchall()
-        results = [CaseResult.from_dict(json.loads(r)) for (r,) in records]
+        with gc_paused():
+            results = [CaseResult.from_dict(loads(r)) for (r,) in records]
         path = Path(row[2]) if row[2] and Path(row[2]).is_dir() else None
         return Run(run_id, results, json.loads(row[0]), json.loads(row[1]), path)
 
@@ -635,13 +636,14 @@ def rolling_bands(values: Sequence[float], fingerprints: Sequence[str | None]) -
 # --------------------------------------------------------------------------- resolving runs
 
 
-def resolve_run(ref: str | Path, history: History | None) -> Run:
-    """A run from a run directory, its results.jsonl, or a stored run id."""
+def resolve_run(ref: str | Path, history: History | None, judged_only: bool = False) -> Run:
+    """A run from a run directory, its results.jsonl, or a stored run id
+    (``judged_only``: see :func:`~llmbench.judge.runs.read_run`)."""
     path = Path(ref)
     if path.is_dir():
-        return read_run(path)
+        return read_run(path, judged_only)
     if path.is_file() and path.name == RESULTS:
-        return read_run(path.parent)
+        return read_run(path.parent, judged_only)
     if history is not None and history.path.exists():
         run = history.load(str(ref))
         if run is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmbench.errors import UserError
+from llmbench.judge.digest import write_digest
 from llmbench.judge.fingerprint import fingerprint
 from llmbench.judge.result import CaseResult
 from llmbench.judge.runs import Run, read_run
@@ -155,6 +156,7 @@ def ingest(path: Path, output_dir: Path) -> tuple[Run, bool]:
         iso = stamp.astimezone(timezone.utc).isoformat(timespec="milliseconds")
         for bench in data["benchmarks"]:
             run_dir.append(case_result(bench, run_id, iso))
+        write_digest(run_dir)
         building.chmod(0o755)
         os.rename(building, run_path)
     except OSError as exc:

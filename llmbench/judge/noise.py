@@ -109,7 +109,7 @@ def noise_band(
     return history_band(history) or repeats_band(baseline, current, worse)
 
 
-_RECORDED_DECILES = ("step_time_s_p10", "step_time_s_median", "step_time_s_p90", "step_time_s_n")
+RECORDED_DECILES = ("step_time_s_p10", "step_time_s_median", "step_time_s_p90", "step_time_s_n")
 
 
 def process_spread(
@@ -122,7 +122,7 @@ def process_spread(
     reading them is what lets ``compare`` on 10k cases skip 20k quantile
     computations. Results without them (older, or ingested) get them computed.
     """
-    recorded = [(metrics or {}).get(k) for k in _RECORDED_DECILES]
+    recorded = [(metrics or {}).get(k) for k in RECORDED_DECILES]
     if all(isinstance(v, (int, float)) for v in recorded):
         p10, p50, p90, n = recorded
     elif len(steps) >= 3:

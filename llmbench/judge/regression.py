@@ -42,10 +42,13 @@ class CompareOptions:
     """Accept cases or metrics of the baseline that the current run lacks (otherwise exit 2)."""
 
 
-def resolve_baseline(ref: str, current: Run, history: History | None) -> Run | str:
-    """The baseline run, or why there is none (only ``latest`` may have none)."""
+def resolve_baseline(
+    ref: str, current: Run, history: History | None, judged_only: bool = False
+) -> Run | str:
+    """The baseline run, or why there is none (only ``latest`` may have none);
+    ``judged_only``: see :func:`~llmbench.judge.runs.read_run`."""
     if ref != LATEST:
-        return resolve_run(ref, history)
+        return resolve_run(ref, history, judged_only)
     if history is None:  # the history could not be written: a silent "no baseline" would hide it
         raise UserError("the history is unavailable, so there is no latest good run", key=LATEST)
     if not history.path.exists():
@@ -83,10 +86,11 @@ def noise_history(current: Run, baseline: Run, history: History | None) -> list[
 
 
 def judge(
-    options: CompareOptions, current: Run, history: History | None
+    options: CompareOptions, current: Run, history: History | None, judged_only: bool = False
 ) -> tuple[Comparison, Run | None]:
-    """The comparison, and the baseline it used (None: there was none)."""
-    baseline = resolve_baseline(options.baseline, current, history)
+    """The comparison, and the baseline it used (None: there was none; ``judged_only``:
+    a baseline read from its digest, enough for the comparison but not for a report)."""
+    baseline = resolve_baseline(options.baseline, current, history, judged_only)
     if isinstance(baseline, str):
         return no_baseline(current, baseline), None
     thresholds = Thresholds.build(

@@ -22,6 +22,7 @@ import yaml
 
 from llmbench.define.sections import is_case_key
 from llmbench.errors import UserError
+from llmbench.judge.digest import read_digest
 from llmbench.judge.result import CaseResult
 from llmbench.judge.store import RunDir
 
@@ -65,14 +66,16 @@ class Run:
         return min((r.started_at for r in self.results if r.started_at), default=None)
 
 
-def read_run(path: str | Path) -> Run:
+def read_run(path: str | Path, judged_only: bool = False) -> Run:
     """A run directory as a :class:`Run`; its directory name is its run id.
 
     Results keep the id of the directory they are read from, so a copied or
-    renamed run directory is one run, not a mix of two.
+    renamed run directory is one run, not a mix of two. ``judged_only``: what
+    ``compare`` reads is enough, so the run's digest serves when it is
+    current (digest.py), at a third of the parsing.
     """
     run_dir = RunDir.open(path)
-    results = run_dir.results()
+    results = (read_digest(run_dir) if judged_only else None) or run_dir.results()
     for result in results:
         result.run_id = run_dir.run_id
     scenario: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from llmbench.define.loader import load_scenario
 from llmbench.define.schema import flatten
 from llmbench.errors import ExitCode, UserError
 from llmbench.hardware import Accelerator, detect
+from llmbench.judge.digest import write_digest
 from llmbench.judge.fingerprint import env_differences
 from llmbench.judge.parity import ParityCheck, parity_table
 from llmbench.judge.regression import CompareOptions, compare_finished_run, index_finished_run
@@ -249,6 +250,7 @@ def _sweep(
     finally:
         launcher.close()
     results = run_dir.results()
+    write_digest(run_dir)
     if results:
         console.print(
             comparison_table(results_frame(results), title=f"{scenario.name} — {run_dir.run_id}"),

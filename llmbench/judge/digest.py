@@ -1,0 +1,111 @@
+"""A run's digest: the part of its results ``compare`` reads, in one file beside results.jsonl.
+
+``compare`` judges statuses and metrics; it never reads a result's parameters,
+losses, per-rank figures, micro-batch probes or profile artefacts, nor its
+step times once the step deciles are among its metrics. Those are ~60 % of a
+results line, and parsing them was half of a ``compare`` on 10,000 cases
+(0.19 s of each run's 0.21 s went to splitting and parsing 42 MB).
+
+``results.digest.json`` holds each result without them, in file order, and
+the size and modification time of the results.jsonl it was made from. It is
+trusted only while results.jsonl still has both: an appended, resumed,
+repaired or edited results file makes it stale, and a digest that is stale,
+unreadable or malformed is ignored, never an error: ``compare`` then parses
+results.jsonl as before. A run writes its digest when its sweep ends; a
+results file with a corrupt line gets none, so the warnings that line raises
+are raised by every ``compare`` that reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmbench.judge.noise import RECORDED_DECILES
+from llmbench.judge.result import CaseResult
+from llmbench.judge.store import RunDir, gc_paused, replace_durably, result_problem
+
+DIGEST = "results.digest.json"
+FORMAT = 1
+"""Bumped when what a digest holds changes; a digest of another format is ignored."""
+UNJUDGED = ("params", "losses", "ranks", "probes", "profile")
+"""Fields of a result that ``compare`` never reads."""
+
+
+def _identity(path: Path) -> list[int] | None:
+    """What tells the results file a digest was made from: its size and mtime (ns).
+
+    make and rsync's quick check trust the same pair, and a copy that keeps
+    times (``cp -p``, ``rsync -a``) keeps the digest valid. A rewrite to the
+    same size within the clock tick the digest was made in would pass; a
+    content hash would not, but costs a third of what the digest saves.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def digested(result: CaseResult) -> dict[str, Any]:
+    """The result as its digest keeps it."""
+    kept = {
+        name: getattr(result, name)
+        for name in CaseResult.__dataclass_fields__
+        if name not in UNJUDGED
+    }
+    if all(isinstance(result.metrics.get(k), (int, float)) for k in RECORDED_DECILES):
+        kept.pop("step_times_s")  # compare reads the step scatter from the deciles (noise.py)
+    return kept
+
+
+def write_digest(run_dir: RunDir) -> bool:
+    """Write the run's digest; False (and none written) when it cannot be made whole.
+
+    None for a results file that changed while it was read (a writer still
+    appending), that has a line ``compare`` would warn about, or that holds a
+    figure JSON cannot spell (NaN, written by another tool): orjson would turn
+    it into null and the digest would then judge differently from the file.
+    A write that fails (a full disk) only costs later comparisons their speed.
+    """
+    before = _identity(run_dir.results_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = run_dir.results()
+    if before is None or caught or _identity(run_dir.results_path) != before:
+        return False
+    kept = [digested(r) for r in results]
+    data = orjson.dumps({"format": FORMAT, "of": before, "results": kept})
+    if orjson.loads(data)["results"] != kept:
+        return False
+    try:
+        replace_durably(run_dir.path / DIGEST, data)
+    except OSError:
+        return False
+    return True
+
+
+def read_digest(run_dir: RunDir) -> list[CaseResult] | None:
+    """The results the digest holds while it is current; None when it is absent or not to be trusted."""
+    identity = _identity(run_dir.results_path)
+    if identity is None:
+        return None
+    try:
+        with gc_paused():
+            data = orjson.loads((run_dir.path / DIGEST).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("of") != identity:
+        return None
+    kept = data.get("results")
+    if not isinstance(kept, list):
+        return None
+    with gc_paused():
+        rows = [{"params": {}, **r} for r in kept if isinstance(r, dict)]
+        if len(rows) != len(kept) or any(result_problem(r) for r in rows):
+            return None
+        return [CaseResult.from_dict(r) for r in rows]

@@ -34,13 +34,16 @@ CASES = 10_000
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "runs" / "nightly"
 
 
-def _scaled(source: Path, root: Path) -> Path:
-    """A copy of a golden run whose results are repeated to CASES cases."""
-    target = root / source.name
+def _scaled(source: Path, root: Path, name: str = "", started_at: str = "") -> Path:
+    """A copy of a golden run whose results are repeated to CASES cases (under the run id
+    ``name`` and starting at ``started_at``, when given), with its digest as a sweep leaves it."""
+    target = root / (name or source.name)
     target.mkdir(parents=True)
-    for name in ("env.json", "scenario.yaml"):
-        shutil.copy(source / name, target / name)
+    for file in ("env.json", "scenario.yaml"):
+        shutil.copy(source / file, target / file)
     results = [json.loads(x) for x in (source / "results.jsonl").read_text().splitlines()]
+    if started_at:
+        results = [{**r, "started_at": started_at} for r in results]
     with (target / "results.jsonl").open("w") as fh:
         for i in range(CASES // len(results)):
             for r in results:
@@ -150,6 +153,36 @@ def test_whole_command_report_10k(benchmark, scaled, tmp_path):
         iterations=1,
     )
     assert done.returncode == 0, done.stderr
+
+
+NIGHTS = 11
+
+
+@pytest.fixture(scope="module")
+def nightly_history(tmp_path_factory) -> tuple[Path, Path]:
+    """NIGHTS scaled nightly runs a day apart, each indexed as its run indexes itself: the
+    last is judged against the one before, the ten before it its noise band (the nightly's
+    ``compare latest``)."""
+    root = tmp_path_factory.mktemp("nights")
+    golden = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
+    history = History(root / "history.sqlite")
+    paths = []
+    for night in range(1, NIGHTS + 1):
+        name, day = f"202611{night:02d}-000000-nightly", f"2026-11-{night:02d}T00:00:00+00:00"
+        paths.append(_scaled(golden[3 + night % 2], root, name, day))
+        history.index_run(read_run(paths[-1]))
+    return history.path, paths[-1]
+
+
+def test_whole_command_compare_latest_with_history_10k(benchmark, nightly_history, tmp_path):
+    history, current = nightly_history
+    args = ["compare", "latest", str(current), "--history", str(history)]
+    done = benchmark.pedantic(
+        _command, ([*args, "--json", str(tmp_path / "v.json")],), rounds=3, iterations=1
+    )
+    assert done.returncode in (0, 1), done.stderr
+    verdicts = json.loads((tmp_path / "v.json").read_text())["verdicts"]
+    assert any(v["band_source"] == f"history of {NIGHTS - 1} runs" for v in verdicts)
 
 
 @pytest.mark.parametrize("digest", [True, False], ids=["digest", "no-digest"])

@@ -14,8 +14,17 @@ from golden_runs import DATA, copy_run, runs
 
 from llmbench.cli import cli
 from llmbench.errors import UserError
-from llmbench.judge.history import History, change_points, resolve_run, rolling_bands, trend
+from llmbench.judge.history import (
+    SCHEMA_VERSION,
+    History,
+    change_points,
+    resolve_run,
+    rolling_bands,
+    trend,
+)
 from llmbench.judge.noise import MIN_HISTORY, history_band
+from llmbench.judge.regression import LATEST, CompareOptions, judge
+from llmbench.judge.report.verdicts import to_json
 from llmbench.judge.runs import read_run
 
 NIGHTLY = runs("nightly")
@@ -88,12 +97,59 @@ def test_a_schema_1_file_is_read_as_is_and_upgraded_by_the_next_write(history):
     pd.testing.assert_frame_equal(trend(history, "tokens_per_s").frame, expected)
     history.record_verdict(NIGHTLY[0].name, None, 0, "ok")
     with sqlite3.connect(history.path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
-    assert "metrics" not in tables and "metrics_by_name" not in tables
+    assert "metrics" not in tables and "metrics_by_name" not in tables and "digests" in tables
     pd.testing.assert_frame_equal(trend(history, "tokens_per_s").frame, expected)
     assert "tokens_per_s" in history.metric_names() and history.has_metric("tokens_per_s")
     assert not history.has_metric('no "such" metric')
+
+
+def _judged_latest(history: History) -> bytes:
+    """``compare latest`` of the history set's ninth run, its history the noise band."""
+    current = read_run(HISTORY[8])
+    comparison, _ = judge(CompareOptions(LATEST), current, history, judged_only=True)
+    return to_json(comparison)
+
+
+def test_a_baseline_and_its_noise_band_load_from_digests_and_judge_the_same(tmp_path):
+    history = History(tmp_path / "h.sqlite")
+    history.index_paths([DATA / "history"])
+    baseline = history.load(HISTORY[7].name, judged_only=True)
+    assert len(baseline.results) == len(read_run(HISTORY[7]).results)
+    assert all(r.params == {} and r.losses == [] for r in baseline.results)  # from the digest
+    from_digests = _judged_latest(history)
+    with sqlite3.connect(history.path) as db:  # as schema 2 left it: no digests
+        db.executescript("DROP TABLE digests; PRAGMA user_version = 2;")
+    assert history.load(HISTORY[7].name, judged_only=True).results[0].params  # from records
+    assert _judged_latest(history) == from_digests
+    assert b'"history of ' in from_digests  # the band came from the stored runs
+
+
+def test_a_resumed_run_indexed_again_gets_a_digest_of_all_it_holds(tmp_path):
+    partial = copy_run(NIGHTLY[0], tmp_path / "runs")
+    lines = (partial / "results.jsonl").read_text().splitlines()
+    (partial / "results.jsonl").write_text(lines[0] + "\n")
+    history = History(tmp_path / "h.sqlite")
+    history.index_run(read_run(partial))
+    (partial / "results.jsonl").write_text("\n".join(lines) + "\n")
+    history.index_run(read_run(partial))
+    loaded = history.load(partial.name, judged_only=True)
+    assert [r.case_id for r in loaded.results] == [json.loads(line)["case_id"] for line in lines]
+    assert not loaded.results[0].params
+
+
+@pytest.mark.parametrize(
+    "row", [(5, 1, b"[]"), (2, 99, b"[]"), (2, 1, b"[{"), (2, 1, b'[{"case_id": 1}, {}]')]
+)
+def test_a_digest_that_is_not_the_indexed_results_is_not_used(history, row):
+    """Too few results, another format, damaged: the run loads from its records."""
+    with sqlite3.connect(history.path) as db:
+        db.execute("INSERT INTO digests VALUES (?, ?, ?, ?)", (NIGHTLY[0].name, *row))
+    loaded = history.load(NIGHTLY[0].name, judged_only=True)
+    assert [r.to_json() for r in loaded.results] == [
+        r.to_json() for r in read_run(NIGHTLY[0]).results
+    ]
 
 
 def test_wal_mode(history):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +54,49 @@ def _identity(path: Path) -> list[int] | None:
 
 def digested(result: CaseResult) -> dict[str, Any]:
     """The result as its digest keeps it."""
-    kept = {
-        name: getattr(result, name)
-        for name in CaseResult.__dataclass_fields__
-        if name not in UNJUDGED
-    }
+    kept = dict(vars(result))
+    for name in UNJUDGED:
+        del kept[name]
     if all(isinstance(result.metrics.get(k), (int, float)) for k in RECORDED_DECILES):
-        kept.pop("step_times_s")  # compare reads the step scatter from the deciles (noise.py)
+        del kept["step_times_s"]  # compare reads the step scatter from the deciles (noise.py)
     return kept
+
+
+def encode(results: Sequence[CaseResult], checked: bool = True) -> bytes | None:
+    """The results as a digest keeps them (a JSON list); None when JSON cannot hold them.
+
+    ``checked``: also None when a figure would not survive the trip: orjson
+    writes a NaN (from a line another tool wrote) as null, and the digest would
+    then judge differently from the results it stands for. Results as
+    :meth:`~llmbench.judge.result.CaseResult.stored` need no check: their
+    stored record went through the same orjson, NaN and all.
+    """
+    kept = [digested(r) for r in results]
+    try:
+        data = orjson.dumps(kept)
+    except TypeError:  # not a JSON value: only results parsed from JSON are digested
+        return None
+    return data if not checked or orjson.loads(data) == kept else None
+
+
+def decode(kept: Any) -> list[CaseResult] | None:
+    """The results of a parsed digest list; None unless every entry is a case result."""
+    if not isinstance(kept, list):
+        return None
+    with gc_paused():
+        rows = [{"params": {}, **r} for r in kept if isinstance(r, dict)]
+        if len(rows) != len(kept) or any(result_problem(r) for r in rows):
+            return None
+        return [CaseResult.from_dict(r) for r in rows]
 
 
 def write_digest(run_dir: RunDir) -> bool:
     """Write the run's digest; False (and none written) when it cannot be made whole.
 
     None for a results file that changed while it was read (a writer still
-    appending), that has a line ``compare`` would warn about, or that holds a
-    figure JSON cannot spell (NaN, written by another tool): orjson would turn
-    it into null and the digest would then judge differently from the file.
-    A write that fails (a full disk) only costs later comparisons their speed.
+    appending), that has a line ``compare`` would warn about, or that
+    :func:`encode` refuses. A write that fails (a full disk) only costs later
+    comparisons their speed.
     """
     before = _identity(run_dir.results_path)
     with warnings.catch_warnings(record=True) as caught:
@@ -78,12 +104,12 @@ def write_digest(run_dir: RunDir) -> bool:
         results = run_dir.results()
     if before is None or caught or _identity(run_dir.results_path) != before:
         return False
-    kept = [digested(r) for r in results]
-    data = orjson.dumps({"format": FORMAT, "of": before, "results": kept})
-    if orjson.loads(data)["results"] != kept:
+    kept = encode(results)
+    if kept is None:
         return False
+    head = orjson.dumps({"format": FORMAT, "of": before})
     try:
-        replace_durably(run_dir.path / DIGEST, data)
+        replace_durably(run_dir.path / DIGEST, head[:-1] + b',"results":' + kept + b"}")
     except OSError:
         return False
     return True
@@ -101,11 +127,4 @@ def read_digest(run_dir: RunDir) -> list[CaseResult] | None:
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("of") != identity:
         return None
-    kept = data.get("results")
-    if not isinstance(kept, list):
-        return None
-    with gc_paused():
-        rows = [{"params": {}, **r} for r in kept if isinstance(r, dict)]
-        if len(rows) != len(kept) or any(result_problem(r) for r in rows):
-            return None
-        return [CaseResult.from_dict(r) for r in rows]
+    return decode(data.get("results"))

@@ -64,12 +64,13 @@ def resolve_baseline(
             f"no earlier good run of scenario {current.scenario_name!r} with environment "
             f"fingerprint {current.fingerprint} in {history.path}"
         )
-    return history.load(row.run_id) or f"{row.run_id} vanished from {history.path}"
+    return history.load(row.run_id, judged_only) or f"{row.run_id} vanished from {history.path}"
 
 
 def noise_history(current: Run, baseline: Run, history: History | None) -> list[Run]:
     """The good runs before ``current`` of its scenario and fingerprint, oldest first: the
-    metric histories whose spread is the noise band (compare.py). Empty without a history."""
+    metric histories whose spread is the noise band (compare.py), each loaded only for what
+    a comparison reads (its digest). Empty without a history."""
     if history is None or not history.path.exists():
         return []
     rows = history.good_runs(
@@ -80,7 +81,8 @@ def noise_history(current: Run, baseline: Run, history: History | None) -> list[
         limit=HISTORY_RUNS,
     )
     loaded = [
-        baseline if row.run_id == baseline.run_id else history.load(row.run_id) for row in rows
+        baseline if row.run_id == baseline.run_id else history.load(row.run_id, judged_only=True)
+        for row in rows
     ]
     return [run for run in reversed(loaded) if run is not None]
 

@@ -66,20 +66,21 @@ class CaseResult:
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        """One JSON line; a NaN or infinite figure becomes null with its reason (see :meth:`finite`).
+        """One JSON line of :meth:`stored`.
 
         orjson writes the dataclass directly (history indexes 10k results in well
         under a second; ``asdict`` deep-copied every list first) and writes any other
         non-finite number, however deeply nested, as null, as :meth:`finite` does.
         """
+        return orjson.dumps(self.stored(), default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+    def stored(self) -> CaseResult:
+        """The result as results.jsonl and the history keep it: a NaN or infinite figure
+        becomes null with its reason (see :meth:`finite`); itself when it has none."""
         needs_reasons = any(map(_non_finite, self.metrics.values())) or any(
             map(_non_finite, self.losses)
         )
-        return orjson.dumps(
-            self.finite() if needs_reasons else self,
-            default=str,
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        ).decode()
+        return self.finite() if needs_reasons else self
 
     def finite(self) -> CaseResult:
         """A copy whose non-finite numbers are ``null``, each metric with the reason.

@@ -103,33 +103,39 @@ def test_a_changed_results_file_makes_the_digest_stale(run_path, change):
 
 
 @pytest.mark.parametrize(
-    "content",
+    "damage",
     [
-        b"",
-        b'{"format": 1, "of": [1, 2], "resu',
-        b"[]",
+        "empty",
+        "no-second-line",
+        "header-torn",
         "format",
+        "count",
+        "list-torn",
         "results-not-a-list",
         "entry-not-an-object",
         "entry-without-case-id",
         "metrics-not-an-object",
     ],
 )
-def test_a_damaged_digest_is_ignored_and_results_jsonl_read_instead(run_path, content):
-    digest = orjson.loads((run_path / DIGEST).read_bytes())
-    entries = digest["results"]
+def test_a_damaged_digest_is_ignored_and_results_jsonl_read_instead(run_path, damage):
+    head, body = (run_path / DIGEST).read_bytes().split(b"\n", 1)
+    header, entries = orjson.loads(head), orjson.loads(body)
+    first = entries[0]
     damaged = {
-        "format": {**digest, "format": 99},
-        "results-not-a-list": {**digest, "results": {}},
-        "entry-not-an-object": {**digest, "results": [*entries[:-1], "x"]},
-        "entry-without-case-id": {
-            **digest,
-            "results": [{k: v for k, v in entries[0].items() if k != "case_id"}, *entries[1:]],
-        },
-        "metrics-not-an-object": {**digest, "results": [{**entries[0], "metrics": []}]},
+        "empty": b"",
+        "no-second-line": head,
+        "header-torn": head[:-3] + b"\n" + body,
+        "format": orjson.dumps({**header, "format": 99}) + b"\n" + body,
+        "count": orjson.dumps({**header, "results": len(entries) + 1}) + b"\n" + body,
+        "list-torn": head + b"\n" + body[:-10],
+        "results-not-a-list": head + b"\n{}",
+        "entry-not-an-object": head + b"\n" + orjson.dumps([*entries[:-1], "x"]),
+        "entry-without-case-id": head
+        + b"\n"
+        + orjson.dumps([{k: v for k, v in first.items() if k != "case_id"}, *entries[1:]]),
+        "metrics-not-an-object": head + b"\n" + orjson.dumps([{**first, "metrics": []}]),
     }
-    data = orjson.dumps(damaged[content]) if isinstance(content, str) else content
-    (run_path / DIGEST).write_bytes(data)
+    (run_path / DIGEST).write_bytes(damaged[damage])
     assert read_digest(RunDir(run_path)) is None
     run = read_run(run_path, judged_only=True)
     assert run.results == RunDir(run_path).results() and run.results[0].params

@@ -14,6 +14,7 @@ from golden_runs import DATA, copy_run, runs
 
 from llmbench.cli import cli
 from llmbench.errors import UserError
+from llmbench.judge.digest import DIGEST, encode, write_digest
 from llmbench.judge.history import (
     SCHEMA_VERSION,
     History,
@@ -26,6 +27,7 @@ from llmbench.judge.noise import MIN_HISTORY, history_band
 from llmbench.judge.regression import LATEST, CompareOptions, judge
 from llmbench.judge.report.verdicts import to_json
 from llmbench.judge.runs import read_run
+from llmbench.judge.store import RunDir
 
 NIGHTLY = runs("nightly")
 HISTORY = runs("history")
@@ -137,6 +139,23 @@ def test_a_resumed_run_indexed_again_gets_a_digest_of_all_it_holds(tmp_path):
     loaded = history.load(partial.name, judged_only=True)
     assert [r.case_id for r in loaded.results] == [json.loads(line)["case_id"] for line in lines]
     assert not loaded.results[0].params
+
+
+def test_a_run_indexed_whole_takes_its_own_digest_as_it_is(tmp_path):
+    runs_root = tmp_path / "runs"
+    fresh, stale = (copy_run(p, runs_root) for p in NIGHTLY[:2])
+    for path in (fresh, stale):
+        assert write_digest(RunDir(path))
+    extra = json.loads((stale / "results.jsonl").read_text().splitlines()[0])
+    with (stale / "results.jsonl").open("a") as fh:  # appended after its digest: stale
+        fh.write(json.dumps({**extra, "case_id": "extra", "status": "oom"}) + "\n")
+    history = History(tmp_path / "h.sqlite")
+    for path in (fresh, stale):
+        history.index_run(read_run(path))
+    with sqlite3.connect(history.path) as db:
+        stored = dict(db.execute("SELECT run_id, digest FROM digests"))
+    assert stored[fresh.name] == (fresh / DIGEST).read_bytes().split(b"\n", 1)[1]
+    assert stored[stale.name] == encode([r.stored() for r in read_run(stale).results])
 
 
 @pytest.mark.parametrize(

@@ -284,16 +284,15 @@ def history_values(
     runs: Sequence[Run], thresholds: Thresholds, metrics: Sequence[str]
 ) -> dict[tuple[str, str], list[float]]:
     """(case id, metric) → the figure of each good run of ``runs`` (its best process)."""
+    judged = [(m, t.worse) for m in metrics if (t := thresholds.for_metric(m)) is not None]
     values: dict[tuple[str, str], list[float]] = {}
     for run in runs:
         for case_id, side in _sides(run).items():
             if side.case.status != "ok":
                 continue
-            for metric in metrics:
-                threshold = thresholds.for_metric(metric)
-                found = side.values(metric)
-                if threshold is not None and found:
-                    values.setdefault((case_id, metric), []).append(best(found, threshold.worse))
+            for metric, worse in judged:
+                if found := side.values(metric):
+                    values.setdefault((case_id, metric), []).append(best(found, worse))
     return values
 
 

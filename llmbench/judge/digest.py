@@ -6,9 +6,12 @@ step times once the step deciles are among its metrics. Those are ~60 % of a
 results line, and parsing them was half of a ``compare`` on 10,000 cases
 (0.19 s of each run's 0.21 s went to splitting and parsing 42 MB).
 
-``results.digest.json`` holds each result without them, in file order, and
-the size and modification time of the results.jsonl it was made from. It is
-trusted only while results.jsonl still has both: an appended, resumed,
+``results.digest.json`` is two lines: a header (format, the size and
+modification time of the results.jsonl it was made from, how many results),
+then the results without those fields as one JSON list, in file order (the
+list is what the history stores as the run's digest, taken as it is when a
+run is indexed). It is trusted only while results.jsonl keeps that size and
+time: an appended, resumed,
 repaired or edited results file makes it stale, and a digest that is stale,
 unreadable or malformed is ignored, never an error: ``compare`` then parses
 results.jsonl as before. A run writes its digest when its sweep ends; a
@@ -107,24 +110,49 @@ def write_digest(run_dir: RunDir) -> bool:
     kept = encode(results)
     if kept is None:
         return False
-    head = orjson.dumps({"format": FORMAT, "of": before})
+    head = orjson.dumps({"format": FORMAT, "of": before, "results": len(results)})
     try:
-        replace_durably(run_dir.path / DIGEST, head[:-1] + b',"results":' + kept + b"}")
+        replace_durably(run_dir.path / DIGEST, head + b"\n" + kept)
     except OSError:
         return False
     return True
 
 
-def read_digest(run_dir: RunDir) -> list[CaseResult] | None:
-    """The results the digest holds while it is current; None when it is absent or not to be trusted."""
+def _current(run_dir: RunDir) -> tuple[int, bytes] | None:
+    """(how many results, their encoding) of the run's digest while it is current."""
     identity = _identity(run_dir.results_path)
     if identity is None:
         return None
     try:
+        head, kept = (run_dir.path / DIGEST).read_bytes().split(b"\n", 1)
+        header = orjson.loads(head)
+    except (OSError, ValueError):  # no file, no second line, or a damaged header
+        return None
+    if not (
+        isinstance(header, dict)
+        and header.get("format") == FORMAT
+        and header.get("of") == identity
+        and isinstance(header.get("results"), int)
+    ):
+        return None
+    return header["results"], kept
+
+
+def current_digest(run_dir: RunDir, count: int) -> bytes | None:
+    """The encoded results of the run's digest (as :func:`encode` gave them) while it is
+    current and holds ``count`` results; None otherwise."""
+    found = _current(run_dir)
+    return found[1] if found is not None and found[0] == count else None
+
+
+def read_digest(run_dir: RunDir) -> list[CaseResult] | None:
+    """The results the digest holds while it is current; None when it is absent or not to be trusted."""
+    found = _current(run_dir)
+    if found is None:
+        return None
+    try:
         with gc_paused():
-            data = orjson.loads((run_dir.path / DIGEST).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+            results = decode(orjson.loads(found[1]))
+    except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("of") != identity:
-        return None
-    return decode(data.get("results"))
+    return results if results is not None and len(results) == found[0] else None

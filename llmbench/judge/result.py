@@ -65,14 +65,16 @@ class CaseResult:
     ended_at: str | None = None
     schema: int = SCHEMA_VERSION
 
-    def to_json(self) -> str:
-        """One JSON line of :meth:`stored`.
+    def to_json(self, stored: bool = False) -> str:
+        """One JSON line of :meth:`stored` (``stored``: the result already is it).
 
         orjson writes the dataclass directly (history indexes 10k results in well
         under a second; ``asdict`` deep-copied every list first) and writes any other
         non-finite number, however deeply nested, as null, as :meth:`finite` does.
         """
-        return orjson.dumps(self.stored(), default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        return orjson.dumps(
+            self if stored else self.stored(), default=str, option=orjson.OPT_SERIALIZE_NUMPY
+        ).decode()
 
     def stored(self) -> CaseResult:
         """The result as results.jsonl and the history keep it: a NaN or infinite figure

@@ -532,7 +532,7 @@ def _digest(db: sqlite3.Connection, run_id: str) -> list[CaseResult] | None:
         return None
     try:
         with gc_paused():
-            return decode(orjson.loads(found[2]))
+            return decode(orjson.loads(found[2]), checked=False)
     except orjson.JSONDecodeError:
         return None
 

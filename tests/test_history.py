@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -143,7 +145,8 @@ def test_a_resumed_run_indexed_again_gets_a_digest_of_all_it_holds(tmp_path):
 
 def test_a_run_indexed_whole_takes_its_own_digest_as_it_is(tmp_path):
     runs_root = tmp_path / "runs"
-    fresh, stale = (copy_run(p, runs_root) for p in NIGHTLY[:2])
+    stale = copy_run(NIGHTLY[1], runs_root)
+    fresh = Path(shutil.copytree(NIGHTLY[0], runs_root / "renamed"))  # lines keep the old id
     for path in (fresh, stale):
         assert write_digest(RunDir(path))
     extra = json.loads((stale / "results.jsonl").read_text().splitlines()[0])
@@ -156,6 +159,9 @@ def test_a_run_indexed_whole_takes_its_own_digest_as_it_is(tmp_path):
         stored = dict(db.execute("SELECT run_id, digest FROM digests"))
     assert stored[fresh.name] == (fresh / DIGEST).read_bytes().split(b"\n", 1)[1]
     assert stored[stale.name] == encode([r.stored() for r in read_run(stale).results])
+    for path in (fresh, stale):
+        judged = history.load(path.name, judged_only=True).results
+        assert {r.run_id for r in judged} == {r.run_id for r in history.load(path.name).results}
 
 
 @pytest.mark.parametrize(

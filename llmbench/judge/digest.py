@@ -11,10 +11,9 @@ modification time of the results.jsonl it was made from, how many results),
 then the results without those fields as one JSON list, in file order (the
 list is what the history stores as the run's digest, taken as it is when a
 run is indexed). It is trusted only while results.jsonl keeps that size and
-time: an appended, resumed,
-repaired or edited results file makes it stale, and a digest that is stale,
-unreadable or malformed is ignored, never an error: ``compare`` then parses
-results.jsonl as before. A run writes its digest when its sweep ends; a
+time: an appended, resumed, repaired or edited results file makes it stale,
+and a digest that is stale, unreadable or malformed is ignored, never an
+error: ``compare`` then parses results.jsonl as before. A run writes its digest when its sweep ends; a
 results file with a corrupt line gets none, so the warnings that line raises
 are raised by every ``compare`` that reads it.
 """

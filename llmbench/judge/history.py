@@ -532,9 +532,12 @@ def _digest(db: sqlite3.Connection, run_id: str) -> list[CaseResult] | None:
         return None
     try:
         with gc_paused():
-            return decode(orjson.loads(found[2]), checked=False)
+            results = decode(orjson.loads(found[2]), checked=False)
     except orjson.JSONDecodeError:
         return None
+    for result in results or ():  # as its records hold it (a digest taken from a renamed run
+        result.run_id = run_id  # directory has the old id: read_run renames the results)
+    return results
 
 
 def _metric_path(metric: str) -> str:

@@ -84,23 +84,21 @@ def encode(results: Sequence[CaseResult], checked: bool = True) -> bytes | None:
 def decode(kept: Any, checked: bool = True) -> list[CaseResult] | None:
     """The results of a parsed digest list; None unless every entry is a case result.
 
-    ``checked``: each entry's fields and their types are checked as a results
-    line's are (store.result_problem); without it (the history's own digests,
-    trusted as its records are) only what the constructor refuses is caught,
-    at half the cost (10k results: 0.026 s against 0.047 s).
+    ``checked``: each result's fields are also checked for their types, as a
+    results line's are (store.result_problem); without it (the history's own
+    digests, trusted as its records are) only what the constructor refuses is
+    caught (10k results: 0.027 s against 0.038 s).
     """
     if not isinstance(kept, list):
         return None
     with gc_paused():
-        if not checked:
-            try:
-                return [CaseResult(params={}, **r) for r in kept]
-            except TypeError:
-                return None
-        rows = [{"params": {}, **r} for r in kept if isinstance(r, dict)]
-        if len(rows) != len(kept) or any(result_problem(r) for r in rows):
+        try:
+            results = [CaseResult(params={}, **r) for r in kept]
+        except TypeError:  # an entry that is not an object, or lacks or adds a field
             return None
-        return [CaseResult.from_dict(r) for r in rows]
+    if checked and any(result_problem(vars(r)) for r in results):
+        return None
+    return results
 
 
 def write_digest(run_dir: RunDir) -> bool:

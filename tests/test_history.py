@@ -143,25 +143,28 @@ def test_a_resumed_run_indexed_again_gets_a_digest_of_all_it_holds(tmp_path):
     assert not loaded.results[0].params
 
 
-def test_a_run_indexed_whole_takes_its_own_digest_as_it_is(tmp_path):
+def test_a_run_indexed_whole_stores_the_digest_its_directory_has(tmp_path):
+    """The same encoding either way; a stale directory digest plays no part, and a run
+    whose lines carry another id (a renamed directory) is stored under its own."""
     runs_root = tmp_path / "runs"
-    stale = copy_run(NIGHTLY[1], runs_root)
-    fresh = Path(shutil.copytree(NIGHTLY[0], runs_root / "renamed"))  # lines keep the old id
-    for path in (fresh, stale):
+    fresh, stale = copy_run(NIGHTLY[0], runs_root), copy_run(NIGHTLY[1], runs_root)
+    renamed = Path(shutil.copytree(NIGHTLY[2], runs_root / "renamed"))  # lines keep the old id
+    for path in (fresh, stale, renamed):
         assert write_digest(RunDir(path))
     extra = json.loads((stale / "results.jsonl").read_text().splitlines()[0])
     with (stale / "results.jsonl").open("a") as fh:  # appended after its digest: stale
         fh.write(json.dumps({**extra, "case_id": "extra", "status": "oom"}) + "\n")
     history = History(tmp_path / "h.sqlite")
-    for path in (fresh, stale):
+    for path in (fresh, stale, renamed):
         history.index_run(read_run(path))
     with sqlite3.connect(history.path) as db:
         stored = dict(db.execute("SELECT run_id, digest FROM digests"))
     assert stored[fresh.name] == (fresh / DIGEST).read_bytes().split(b"\n", 1)[1]
     assert stored[stale.name] == encode([r.stored() for r in read_run(stale).results])
-    for path in (fresh, stale):
+    for path in (fresh, stale, renamed):
         judged = history.load(path.name, judged_only=True).results
         assert {r.run_id for r in judged} == {r.run_id for r in history.load(path.name).results}
+    assert {r.run_id for r in history.load("renamed", judged_only=True).results} == {"renamed"}
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,7 @@ def noise_band(
 
 
 RECORDED_DECILES = ("step_time_s_p10", "step_time_s_median", "step_time_s_p90", "step_time_s_n")
+"""The step-time figures a result records, from which its step spread is read (below)."""
 
 
 def process_spread(

@@ -8,9 +8,9 @@ cases (per run: 0.18 s splitting and parsing 42 MB, 0.03 s the result objects).
 
 ``results.digest.json`` is two lines: a header (format, the size and
 modification time of the results.jsonl it was made from, how many results),
-then the results without those fields as one JSON list, in file order (so
-a stale digest is told from its first line, without parsing the list). It is
-trusted only while results.jsonl keeps that size and
+then the results without those fields as one JSON list, in file order (the
+list is what the history stores as the run's digest, taken as it is when a
+run is indexed). It is trusted only while results.jsonl keeps that size and
 time: an appended, resumed, repaired or edited results file makes it stale,
 and a digest that is stale, unreadable or malformed is ignored, never an
 error: ``compare`` then parses results.jsonl as before. A run writes its digest when its sweep ends; a
@@ -126,22 +126,41 @@ def write_digest(run_dir: RunDir) -> bool:
     return True
 
 
-def read_digest(run_dir: RunDir) -> list[CaseResult] | None:
-    """The results the digest holds while it is current; None when it is absent or not to be trusted."""
+def _current(run_dir: RunDir) -> tuple[int, bytes] | None:
+    """(how many results, their encoding) of the run's digest while it is current."""
     identity = _identity(run_dir.results_path)
     if identity is None:
         return None
     try:
         head, kept = (run_dir.path / DIGEST).read_bytes().split(b"\n", 1)
         header = orjson.loads(head)
-        if not (
-            isinstance(header, dict)
-            and header.get("format") == FORMAT
-            and header.get("of") == identity
-        ):
-            return None
-        with gc_paused():
-            results = decode(orjson.loads(kept))
-    except (OSError, ValueError):  # no file, no second line, or damaged JSON
+    except (OSError, ValueError):  # no file, no second line, or a damaged header
         return None
-    return results if results is not None and len(results) == header.get("results") else None
+    if not (
+        isinstance(header, dict)
+        and header.get("format") == FORMAT
+        and header.get("of") == identity
+        and isinstance(header.get("results"), int)
+    ):
+        return None
+    return header["results"], kept
+
+
+def current_digest(run_dir: RunDir, count: int) -> bytes | None:
+    """The encoded results of the run's digest (as :func:`encode` gave them) while it is
+    current and holds ``count`` results; None otherwise."""
+    found = _current(run_dir)
+    return found[1] if found is not None and found[0] == count else None
+
+
+def read_digest(run_dir: RunDir) -> list[CaseResult] | None:
+    """The results the digest holds while it is current; None when it is absent or not to be trusted."""
+    found = _current(run_dir)
+    if found is None:
+        return None
+    try:
+        with gc_paused():
+            results = decode(orjson.loads(found[1]))
+    except orjson.JSONDecodeError:
+        return None
+    return results if results is not None and len(results) == found[0] else None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import operator
 import sqlite3
 import stat
 import statistics
@@ -40,11 +41,11 @@ import orjson
 
 from llmbench.errors import UserError
 from llmbench.judge.digest import FORMAT as DIGEST_FORMAT
-from llmbench.judge.digest import decode, encode
+from llmbench.judge.digest import current_digest, decode, encode
 from llmbench.judge.noise import HISTORY_RUNS, Band, history_band
 from llmbench.judge.result import CaseResult
 from llmbench.judge.runs import FAILED_STATUSES, Run, read_run
-from llmbench.judge.store import RESULTS, gc_paused, loads
+from llmbench.judge.store import RESULTS, RunDir, gc_paused, loads
 from llmbench.judge.thresholds import default_threshold
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: compare never builds one
@@ -301,11 +302,19 @@ class History:
         db: sqlite3.Connection, run: Run, known: list[tuple[str, int]], new: list[CaseResult]
     ) -> None:
         """The digest of every result the index now holds of ``run``, in the index's order,
-        as stored (``new`` already is); none when ``run`` lacks some of them."""
-        by_key = {(r.case_id, r.repeat): r for r in run.results}
-        if not all(key in by_key for key in known):
-            return
-        data = encode([by_key[key].stored() for key in known] + new, checked=False)
+        as stored (``new`` already is); none when ``run`` lacks some of them.
+
+        A run indexed whole, whose results were stored as they are, takes its run
+        directory's digest as it is when that is current: the same bytes, unencoded.
+        """
+        data = None
+        if not known and run.path is not None and all(map(operator.is_, new, run.results)):
+            data = current_digest(RunDir(run.path), len(new))
+        if data is None:
+            by_key = {(r.case_id, r.repeat): r for r in run.results}
+            if not all(key in by_key for key in known):
+                return
+            data = encode([by_key[key].stored() for key in known] + new, checked=False)
         if data is not None:
             db.execute(
                 "INSERT INTO digests VALUES (?, ?, ?, ?)",
@@ -523,9 +532,12 @@ def _digest(db: sqlite3.Connection, run_id: str) -> list[CaseResult] | None:
         return None
     try:
         with gc_paused():
-            return decode(orjson.loads(found[2]), checked=False)
+            results = decode(orjson.loads(found[2]), checked=False)
     except orjson.JSONDecodeError:
         return None
+    for result in results or ():  # as its records hold it (a digest taken from a renamed run
+        result.run_id = run_id  # directory has the old id: read_run renames the results)
+    return results
 
 
 def _metric_path(metric: str) -> str:

@@ -106,10 +106,20 @@ def case_dir(out: Path, result: dict) -> Path:
     return run_dir / "cases" / result["case_id"]
 
 
-def assert_nodes_idle(nodes: Nodes, also_running: tuple[str, ...] = ()) -> None:
-    """Only each node's sshd (and the daemons named) still run there."""
+def assert_nodes_idle(
+    nodes: Nodes, also_running: tuple[str, ...] = (), within_s: float = 15.0
+) -> None:
+    """Only each node's sshd (and the daemons named) still run there, once what is on its
+    way out has gone: SLURM's per-step ``slurmstepd`` can outlive the job's ``srun`` by a
+    moment while it reports the step's end (a clean-clone CI run caught one). A rank
+    left behind would still be there when ``within_s`` is up."""
+    deadline = time.monotonic() + within_s
     for node in (1, 2):
-        left = [p for p in nodes.processes(node) if not any(d in p for d in also_running)]
+        while True:
+            left = [p for p in nodes.processes(node) if not any(d in p for d in also_running)]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert left == [], f"left running on {nodes.name(node)}"
 
 
